@@ -67,6 +67,19 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", help="list datasets, models and unlearnable methods")
 
+    po = sub.add_parser("poison", help="generate (and cache) a protected training set")
+    po.add_argument("--dataset", default=DataConfig().name, choices=list_datasets())
+    po.add_argument("--data-dir")
+    po.add_argument("--allow-pickle", action="store_true")
+    po.add_argument("--train-limit", type=int)
+    po.add_argument("--method", required=True, choices=list_methods())
+    po.add_argument("--ratio", type=float, default=1.0)
+    po.add_argument("--seed", type=int, default=0)
+    po.add_argument("--param", type=_param, action="append", default=[], metavar="KEY=VALUE")
+    po.add_argument("--device", default="auto")
+    po.add_argument("--out", help="also save the protected training set as .npz (x_train, y_train, indices)")
+    po.add_argument("--quiet", action="store_true")
+
     dm = sub.add_parser("demo", help="regenerate the bundled demo study (data/demo)")
     dm.add_argument("--out", help="directory to write the demo runs to (default: the bundled data/demo)")
     dm.add_argument("--epochs", type=int, default=30)
@@ -194,10 +207,35 @@ def _demo(args) -> int:
     return 0
 
 
+def _poison(args) -> int:
+    import numpy as np
+
+    from .data import load_dataset
+    from .poisons import make_poison
+
+    dataset = load_dataset(DataConfig(args.dataset, args.data_dir, args.allow_pickle, args.train_limit))
+    config = PoisonConfig(args.method, args.ratio, args.seed, dict(args.param))
+    poison = make_poison(config, dataset, device=args.device, progress=not args.quiet)
+    delta = (poison.x_train - dataset.x_train).flatten(1)
+    print(f"{args.method}: {len(poison.indices)}/{len(dataset.x_train)} samples protected; "
+          f"max |delta| {delta.abs().max():.4f}, max L2 {delta.norm(dim=1).max():.4f}"
+          + (f"; cached at {poison.info['cached']}" if "cached" in poison.info else ""))
+    if args.out:
+        np.savez(args.out, x_train=poison.x_train.numpy(), y_train=dataset.y_train.numpy(), indices=poison.indices.numpy())
+        print(f"saved {args.out}")
+    return 0
+
+
 def _list(args) -> int:
+    from .poisons import method_info
+
     print("datasets:", ", ".join(list_datasets()))
     print("models:  ", ", ".join(list_models()))
-    print("methods: ", ", ".join(list_methods()))
+    print("unlearnable methods:")
+    for name in list_methods():
+        m = method_info(name)
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in m.defaults.items())
+        print(f"  {name:7s} {m.summary}" + (f"\n          params: {params}" if params else ""))
     return 0
 
 
@@ -210,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _sigterm)
     try:
-        commands = {"train": _train, "info": _info, "list": _list, "sal": _sal, "ud": _ud, "demo": _demo}
+        commands = {"train": _train, "info": _info, "list": _list, "sal": _sal, "ud": _ud, "demo": _demo,
+                    "poison": _poison}
         return commands[args.command](args)
     except UlvizError as e:
         print(f"ulviz: error: {e}", file=sys.stderr)

@@ -1,19 +1,41 @@
-"""Unlearnable (availability-poisoning) methods: one registry, one module per method.
+"""Unlearnable (availability-poisoning) methods: one registry, one module per family.
 
-A method turns a clean training set into a protected one; the test set is never touched.
-``make_poison("clean", dataset)`` is the identity and the reference every other run is
-compared with.
+A method turns a clean training set into a protected one; the test set is never touched. Every
+method takes a ratio (the fraction of training samples protected, chosen by the seed) and a seed,
+its budget is checked after generation, and results are cached on disk keyed by the training
+data's content, the method, its parameters, the ratio and the seed.
+
+| name   | paper                                   | kind                  | budget (default)        |
+|--------|-----------------------------------------|-----------------------|-------------------------|
+| clean  | -                                       | identity              | -                       |
+| random | Huang et al., ICLR 2021 (control)       | uniform noise         | L-inf 8/255             |
+| em     | Huang et al., ICLR 2021                 | error-minimizing      | L-inf 8/255             |
+| rem    | Fu et al., ICLR 2022                    | robust error-min.     | L-inf 8/255, rho 4/255  |
+| tap    | Fowl et al., NeurIPS 2021               | targeted adversarial  | L-inf 8/255             |
+| lsp    | Yu et al., KDD 2022                     | synthetic patches     | L2 = sqrt(d) * 6/255    |
+| ops    | Wu et al., ICLR 2023                    | one-pixel shortcut    | L0 = 1 pixel            |
+| ar     | Sandoval-Segura et al., NeurIPS 2022    | autoregressive noise  | L2 = sqrt(d / 3072)     |
+| cuda   | Sadasivan et al., CVPR 2023             | class-wise blur       | none (multiplicative)   |
+| import | -                                       | a user's .npz         | -                       |
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ..config import PoisonConfig
 from ..data import Dataset
 from ..errors import UlvizError, UnknownNameError
+
+CACHE_VERSION = 1  # bump when a method's output changes, so stale caches are not reused
 
 
 @dataclass
@@ -22,17 +44,36 @@ class Poison:
 
     x_train: torch.Tensor  # the protected images, same shape as the clean ones, in [0, 1]
     indices: torch.Tensor  # which training samples were perturbed
-    info: dict = field(default_factory=dict)  # method-specific facts (budget reached, steps, ...)
+    info: dict = field(default_factory=dict)  # method-specific facts (budget, steps, accuracy reached)
 
 
-PoisonFn = Callable[[Dataset, torch.Tensor, torch.Generator, dict], Poison]
-_METHODS: dict[str, PoisonFn] = {}
+@dataclass(frozen=True)
+class Method:
+    """A registered method: fn(dataset, indices, generator, params, ctx) -> Poison."""
+
+    fn: Callable
+    defaults: dict  # every parameter it takes, with its default
+    budget: str | None  # "linf", "l2", "l0" or None: which norm `check_budget` enforces
+    budget_param: str | None  # the parameter that holds the budget
+    summary: str  # one line: paper and idea
 
 
-def register(name: str):
-    """Add a method: fn(dataset, indices to protect, generator, params) -> Poison."""
-    def deco(fn: PoisonFn) -> PoisonFn:
-        _METHODS[name] = fn
+@dataclass
+class Context:
+    """What a method may use besides the data: a device and a progress reporter."""
+
+    device: torch.device
+    progress: bool = False
+
+
+_METHODS: dict[str, Method] = {}
+
+
+def register(name: str, *, defaults: dict | None = None, budget: str | None = None,
+             budget_param: str | None = None, summary: str = ""):
+    """Add a method to the registry (see :class:`Method`)."""
+    def deco(fn):
+        _METHODS[name] = Method(fn, dict(defaults or {}), budget, budget_param, summary or (fn.__doc__ or "").strip().split("\n")[0])
         return fn
     return deco
 
@@ -40,6 +81,12 @@ def register(name: str):
 def list_methods() -> list[str]:
     """Names accepted by :func:`make_poison`."""
     return list(_METHODS)
+
+
+def method_info(name: str) -> Method:
+    if name not in _METHODS:
+        raise UnknownNameError("unlearnable method", name, list_methods())
+    return _METHODS[name]
 
 
 def protected_indices(n: int, ratio: float, seed: int) -> torch.Tensor:
@@ -51,15 +98,110 @@ def protected_indices(n: int, ratio: float, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)[:k].sort().values
 
 
-def make_poison(config: PoisonConfig | str, dataset: Dataset, **params) -> Poison:
-    """Protect `dataset`'s training set with the method named in `config`."""
+def resolve_params(name: str, params: dict) -> dict:
+    """The method's defaults updated with `params`; unknown parameters are refused."""
+    method = method_info(name)
+    unknown = sorted(set(params) - set(method.defaults))
+    if unknown:
+        takes = ", ".join(method.defaults) or "no parameters"
+        raise UlvizError(f"method {name!r} does not take {', '.join(unknown)}; it takes {takes}")
+    return {**method.defaults, **params}
+
+
+def make_poison(config: PoisonConfig | str, dataset: Dataset, *, cache: bool = True, device=None,
+                progress: bool = False, **params) -> Poison:
+    """Protect `dataset`'s training set with the method named in `config` (cached on disk)."""
+    from ..devices import select_device
+
     if isinstance(config, str):
         config = PoisonConfig(method=config, params=params)
-    if config.method not in _METHODS:
-        raise UnknownNameError("unlearnable method", config.method, list_methods())
+    method = method_info(config.method)
+    full = resolve_params(config.method, dict(config.params))
     indices = protected_indices(len(dataset.x_train), config.ratio, config.seed)
+    if config.method in ("clean", "import") or not cache:  # cheap, and import's file may change
+        return _generate(method, dataset, indices, config, full, select_device(device), progress)
+    path = _cache_path(dataset, config, full)
+    hit = _read_cache(path, dataset)
+    if hit is not None:
+        return hit
+    poison = _generate(method, dataset, indices, config, full, select_device(device), progress)
+    _write_cache(path, poison)
+    return poison
+
+
+def _generate(method: Method, dataset, indices, config, params, device, progress) -> Poison:
     g = torch.Generator().manual_seed(config.seed)
-    return _METHODS[config.method](dataset, indices, g, dict(config.params))
+    poison = method.fn(dataset, indices, g, params, Context(device, progress))
+    poison.x_train = poison.x_train.detach().cpu().float().clamp_(0.0, 1.0)
+    check_budget(dataset.x_train, poison.x_train, indices, method, params)
+    poison.info.update(params=params, ratio=config.ratio, seed=config.seed)
+    return poison
 
 
-from . import basic  # noqa: E402,F401  (registers clean and random)
+def check_budget(clean: torch.Tensor, poisoned: torch.Tensor, indices: torch.Tensor, method: Method, params: dict) -> None:
+    """Raise if any sample outside `indices` changed, or a protected one exceeds the method's budget."""
+    changed = (poisoned != clean).flatten(1).any(1)
+    outside = changed.clone()
+    outside[indices] = False
+    if outside.any():
+        raise UlvizError(f"{int(outside.sum())} unprotected sample(s) were modified")
+    if method.budget is None or len(indices) == 0:
+        return
+    delta = (poisoned[indices] - clean[indices]).flatten(1).double()
+    eps = float(params[method.budget_param])
+    if method.budget == "linf":
+        worst = delta.abs().max().item()
+    elif method.budget == "l2":
+        worst = delta.norm(dim=1).max().item()
+    else:  # l0: pixels (all channels of one position) changed per sample
+        c = clean.shape[1]
+        worst = (poisoned[indices] != clean[indices]).reshape(len(indices), c, -1).any(1).sum(1).max().item()
+    if worst > eps * (1 + 1e-5) + 1e-7:
+        raise UlvizError(f"{method.budget} budget exceeded: {worst:.6g} > {eps:.6g}")
+
+
+# -- the on-disk cache ---------------------------------------------------------------------
+
+def cache_dir() -> Path:
+    """Where generated poisons are kept: $ULVIZ_CACHE_DIR, else ~/.cache/ulviz/poisons."""
+    return Path(os.environ.get("ULVIZ_CACHE_DIR", Path.home() / ".cache" / "ulviz" / "poisons"))
+
+
+def _fingerprint(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def _cache_path(dataset: Dataset, config: PoisonConfig, params: dict) -> Path:
+    key = json.dumps({"v": CACHE_VERSION, "x": _fingerprint(dataset.x_train), "y": _fingerprint(dataset.y_train),
+                      "method": config.method, "params": params, "ratio": config.ratio, "seed": config.seed},
+                     sort_keys=True, default=str)
+    return cache_dir() / f"{config.method}-{hashlib.sha256(key.encode()).hexdigest()[:24]}.npz"
+
+
+def _read_cache(path: Path, dataset: Dataset) -> Poison | None:
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            x, idx, info = f["x_train"], f["indices"], json.loads(str(f["info"]))
+    except Exception:  # a damaged cache entry is regenerated, never trusted
+        return None
+    if x.shape != tuple(dataset.x_train.shape):
+        return None
+    return Poison(torch.from_numpy(x), torch.from_numpy(idx), {**info, "cached": str(path)})
+
+
+def _write_cache(path: Path, poison: Poison) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.stem, suffix=".tmp.npz", dir=path.parent)
+    os.close(fd)
+    try:
+        np.savez(tmp, x_train=poison.x_train.numpy(), indices=poison.indices.numpy(),
+                 info=json.dumps(poison.info, default=str))
+        os.replace(tmp, path)  # atomic: a killed generation never leaves a half-written entry
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+from . import basic, optimized, patterns  # noqa: E402,F401  (register the methods)

@@ -1,0 +1,65 @@
+"""How much each unlearnable method hurts: train the same model clean and under each method.
+
+Prints method, clean-test accuracy, its ratio to the clean run's, and the generation time. The
+same model, seed and hyperparameters for every run; generation is timed without the on-disk cache.
+
+    .venv/bin/python benchmarks/poison_effect.py                       # digits, lenet5, 30 epochs
+    .venv/bin/python benchmarks/poison_effect.py --dataset mnist --data-dir ../shared/data/mnist-t10k
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+
+import pandas as pd
+
+from ulviz import DataConfig, ModelConfig, PoisonConfig, RunConfig, TrainConfig, load_dataset, train
+from ulviz.poisons import make_poison
+
+METHODS = [
+    ("clean", {}), ("random", {}), ("random", {"mode": "class"}), ("em", {}), ("em", {"mode": "class"}),
+    ("rem", {}), ("tap", {}), ("lsp", {}), ("ops", {}), ("ar", {}), ("cuda", {}),
+]
+MUST_HALVE = {"em", "em/class", "lsp", "ops", "cuda"}  # the issue's target: accuracy <= half of clean
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--data-dir")
+    p.add_argument("--model", default="lenet5")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--train-limit", type=int)
+    p.add_argument("--methods", help="comma-separated subset, e.g. em,ops")
+    args = p.parse_args()
+    data_cfg = DataConfig(args.dataset, args.data_dir, train_limit=args.train_limit)
+    dataset = load_dataset(data_cfg)
+    base = RunConfig(name="clean", data=data_cfg, model=ModelConfig(args.model),
+                     train=TrainConfig(epochs=args.epochs, seed=0, device="cpu"))
+    wanted = set(args.methods.split(",")) if args.methods else None
+    rows = []
+    for method, params in METHODS:
+        label = method + ("/class" if params.get("mode") == "class" else "")
+        if wanted and label not in wanted and method not in wanted and method != "clean":
+            continue
+        poison = PoisonConfig(method, params=params)
+        start = time.perf_counter()
+        protected = make_poison(poison, dataset, cache=False, device="cpu")
+        gen = time.perf_counter() - start
+        result = train(replace(base, name=label, poison=poison), dataset=replace(dataset, x_train=dataset.x_train))
+        acc = result.history[-1]["test_acc"]
+        rows.append({"method": label, "test_acc": acc, "train_acc": result.history[-1]["train_acc"],
+                     "generation_s": gen, "info": {k: v for k, v in protected.info.items() if k in ("rounds", "surrogate_train_error", "targeted_success")}})
+        print(f"{label:12s} test_acc {acc:.4f}  generation {gen:.1f}s", flush=True)
+    table = pd.DataFrame(rows)
+    clean = table.loc[table["method"] == "clean", "test_acc"].iloc[0]
+    table.insert(2, "ratio_to_clean", table["test_acc"] / clean)
+    table["target"] = ["<= 0.5" if m in MUST_HALVE else "" for m in table["method"]]
+    table["met"] = [("yes" if r <= 0.5 else "NO") if m in MUST_HALVE else "" for m, r in zip(table["method"], table["ratio_to_clean"])]
+    print(f"\n== {args.model} on {args.dataset}, {args.epochs} epochs, seed 0 ==")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+if __name__ == "__main__":
+    main()
