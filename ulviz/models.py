@@ -53,15 +53,10 @@ def _linear(in_shape, k, width):
 
 @_register("mlp")
 def _mlp(in_shape, k, width):
-    """Two hidden ReLU layers of `width` (default 256) and width/2 units."""
+    """The classic multilayer perceptron: one hidden ReLU layer of `width` (default 512) units."""
     c, h, w = in_shape
-    hidden = width or 256
-    return nn.Sequential(
-        nn.Flatten(),
-        nn.Linear(c * h * w, hidden), nn.ReLU(),
-        nn.Linear(hidden, hidden // 2), nn.ReLU(),
-        nn.Linear(hidden // 2, k),
-    )
+    hidden = width or 512
+    return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, hidden), nn.ReLU(), nn.Linear(hidden, k))
 
 
 class LeNet5(nn.Sequential):

@@ -247,6 +247,79 @@ def append_sal_row(path: str | Path, epoch: int, parts: dict[str, np.ndarray]) -
         _append_sal(f, epoch, parts)
 
 
+# -- cached landscapes ---------------------------------------------------------------------
+#
+#    /landscapes/<key>      attrs: settings (JSON); coords_0 [, coords_1] (axes); loss, acc, done
+#                           flat over the grid (row-major), NaN / False until a point is computed
+#
+# Points are written as they are computed and `done` marks them, so an interrupted grid resumes
+# where it stopped and a partial grid is never taken for a complete one.
+
+def landscape_key(settings: dict) -> str:
+    """The cache key of a landscape: a hash of its settings (canonical JSON)."""
+    import hashlib
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def read_landscape(path: str | Path, settings: dict) -> dict | None:
+    """The cached arrays for `settings` (coords, loss, acc, done), or None if never started."""
+    path = check_run_file(path)
+    key = landscape_key(settings)
+    with _reader(path) as f:
+        if "landscapes" not in f or key not in f["landscapes"]:
+            return None
+        g = f["landscapes"][key]
+        try:
+            axes = [np.array(g[f"coords_{i}"]) for i in range(2) if f"coords_{i}" in g]
+            out = {"coords": axes, **{k: np.array(g[k]) for k in ("loss", "acc", "done")}}
+        except KeyError as e:
+            raise RunFileError(path, f"has a damaged landscape cache {key} ({e})") from None
+    size = int(np.prod([len(a) for a in axes]))
+    if any(out[k].shape != (size,) for k in ("loss", "acc", "done")):
+        raise RunFileError(path, f"has a landscape cache {key} whose arrays do not match its axes")
+    return out
+
+
+def write_landscape_points(path: str | Path, settings: dict, coords: list[np.ndarray], index: np.ndarray,
+                           loss: np.ndarray, acc: np.ndarray) -> None:
+    """Store computed grid points (flat `index`) of the landscape `settings`, creating its group."""
+    key = landscape_key(settings)
+    size = int(np.prod([len(a) for a in coords]))
+    with open_for_update(path) as f:
+        root = f.require_group("landscapes")
+        if key not in root:
+            g = root.create_group(key)
+            g.attrs["settings"] = json.dumps(settings, sort_keys=True)
+            for i, a in enumerate(coords):
+                g.create_dataset(f"coords_{i}", data=np.asarray(a, dtype=np.float64))
+            g.create_dataset("loss", data=np.full(size, np.nan))
+            g.create_dataset("acc", data=np.full(size, np.nan))
+            g.create_dataset("done", data=np.zeros(size, dtype=bool))
+        g = root[key]
+        order = np.argsort(index)
+        idx = np.asarray(index)[order]
+        g["loss"][idx] = np.asarray(loss, dtype=np.float64)[order]
+        g["acc"][idx] = np.asarray(acc, dtype=np.float64)[order]
+        g["done"][idx] = True  # last: a point is done only once its values are in
+
+
+def list_landscapes(path: str | Path) -> list[dict]:
+    """Settings of every cached landscape in a run file, with the fraction of points done."""
+    path = check_run_file(path)
+    out = []
+    with _reader(path) as f:
+        if "landscapes" not in f:
+            return out
+        for key, g in f["landscapes"].items():
+            try:
+                settings = json.loads(_as_str(g.attrs["settings"]))
+                done = np.array(g["done"])
+            except (KeyError, ValueError):
+                continue  # a group cut off while being created: ignored, recomputed on demand
+            out.append({**settings, "key": key, "complete": float(done.mean()) if done.size else 0.0})
+    return out
+
+
 # -- reading ---------------------------------------------------------------------------------
 
 @dataclass
@@ -266,6 +339,7 @@ class Run:
     sal_settings: dict  # the SAL config that produced those rows
     created: str
     ulviz_version: str
+    shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)  # tensor name -> shape
 
     @property
     def name(self) -> str:
@@ -285,6 +359,10 @@ class Run:
         with _reader(self.path) as f:
             snaps = f["snapshots"]
             return {name: torch.from_numpy(np.array(snaps[name][row])) for name in self.tensor_names}
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Each stored tensor's shape."""
+        return dict(self.shapes)
 
     def weights_path(self, name: str) -> np.ndarray:
         """One tensor's values at every finished epoch: shape (epochs+1, *tensor shape)."""
@@ -413,6 +491,7 @@ def _read_run(path: Path, f: h5py.File) -> Run:
         layer_names=layers, sal_epochs=np.array(g["epoch"][:rows], dtype=int), sal=sal,
         sal_settings=json.loads(_as_str(g.attrs.get("settings", "{}"))),
         created=_as_str(f.attrs.get("created", "")), ulviz_version=_as_str(f.attrs.get("ulviz_version", "")),
+        shapes={t: tuple(int(v) for v in snaps[t].shape[1:]) for t in tensor_names},
     )
 
 

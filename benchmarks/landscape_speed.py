@@ -1,0 +1,80 @@
+"""Speed of a 41x41 loss plane: ulviz.landscape.plane against loss-landscapes 3.0.6's random_plane.
+
+Same model, same data (the digits training set, 1437 images, one batch), same resolution, filter
+normalization, on the CPU, timed side by side in one run. Also prints our time per grid point
+divided by the time of one plain forward pass (with the loss) of the same data.
+
+    .venv/bin/pip install -e '.[bench]'       # loss-landscapes==3.0.6
+    .venv/bin/python benchmarks/landscape_speed.py [--resolution 41] [--device cpu]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import pandas as pd
+import torch
+from torch.nn import functional as F
+
+from ulviz import create_model, load_dataset
+from ulviz.landscape import plane
+
+
+def best_of(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--resolution", type=int, default=41)
+    p.add_argument("--models", default="linear,mlp,lenet5")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+    try:
+        import loss_landscapes
+        from loss_landscapes.metrics import Loss
+    except ImportError:
+        raise SystemExit("loss-landscapes is not installed: .venv/bin/pip install -e '.[bench]'")
+    ds = load_dataset("digits")
+    device = torch.device(args.device)
+    x, y = ds.x_train.to(device), ds.y_train.to(device)
+    r = args.resolution
+    rows = []
+    for name in args.models.split(","):
+        torch.manual_seed(0)
+        model = create_model(name, ds.image_shape, ds.num_classes).to(device).eval()
+
+        def forward():
+            with torch.no_grad():
+                F.cross_entropy(model(x), y).item()
+
+        def ours():
+            plane(model, (x, y), resolution=r, device=device)
+
+        def theirs():
+            loss_landscapes.random_plane(model, Loss(F.cross_entropy, x, y), distance=1, steps=r,
+                                         normalization="filter", deepcopy_model=True)
+
+        forward()  # warm-up
+        t_fwd = statistics.median(best_of(forward, 5) for _ in range(3))
+        t_ours = best_of(ours, args.repeats)
+        t_theirs = best_of(theirs, args.repeats)
+        rows.append({"model": name, "ulviz_s": t_ours, "loss_landscapes_s": t_theirs, "speedup": t_theirs / t_ours,
+                     "forwards_per_point": t_ours / (r * r) / t_fwd, "forward_ms": t_fwd * 1e3})
+        print(f"{name}: ours {t_ours:.2f}s, loss-landscapes {t_theirs:.2f}s", flush=True)
+    table = pd.DataFrame(rows)
+    print(f"\n== {r}x{r} plane, digits train set ({len(x)} images), {device}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads ==")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print("targets: speedup >= 3 on linear and mlp, >= 1 on lenet5; forwards_per_point <= 1.2 on lenet5")
+
+
+if __name__ == "__main__":
+    main()
