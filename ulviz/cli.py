@@ -96,6 +96,32 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("runs", nargs="+", help="protected runs (run files or output.log files)")
     u.add_argument("--csv", help="also write the table as CSV")
     u.add_argument("--json", help="also write the result as JSON")
+
+    ls = sub.add_parser("landscape", help="loss landscape of a run file (cached in it, resumable)")
+    ls.add_argument("run", help="run file (.h5)")
+    ls.add_argument("--kind", default="plane", choices=["line", "plane", "interp", "pca"])
+    ls.add_argument("--resolution", type=int, default=41, help="points per axis")
+    ls.add_argument("--range", type=float, nargs="+", metavar="X",
+                    help="axis range LOW HIGH (default -1 1; interp -0.5 1.5); for pca one margin (default 0.25)")
+    ls.add_argument("--normalization", default="filter", choices=["filter", "layer", "none"])
+    ls.add_argument("--seed", type=int, default=0, help="seed of the random directions")
+    ls.add_argument("--keep-biasbn", action="store_true", help="let directions move biases and batch-norm too")
+    ls.add_argument("--layer", help="restrict the directions to one weight tensor (e.g. conv1.weight)")
+    ls.add_argument("--split", default="test", choices=["train", "clean", "test"],
+                    help="data: what the run trained on, clean train, or clean test")
+    ls.add_argument("--subset", type=int, help="first N samples only")
+    ls.add_argument("--epoch", type=int, default=-1, help="weights at this epoch (default: the last)")
+    ls.add_argument("--other", help="interp: end at this run's final weights (same architecture)")
+    ls.add_argument("--coarse", type=int, help="compute a coarse sub-grid first (e.g. 11 for 41)")
+    ls.add_argument("--device", default="auto")
+    ls.add_argument("--csv", help="also write the points as CSV")
+    ls.add_argument("--quiet", action="store_true")
+
+    pa = sub.add_parser("paths", help="optimization paths: PCA of the weight path, per-layer divergence")
+    pa.add_argument("run", help="run file (.h5)")
+    pa.add_argument("other", nargs="?", help="a second run from the same initialization (e.g. poisoned)")
+    pa.add_argument("--layer", help="the path of one tensor only")
+    pa.add_argument("--csv", help="also write the coordinates as CSV")
     return p
 
 
@@ -239,6 +265,80 @@ def _list(args) -> int:
     return 0
 
 
+def _landscape(args) -> int:
+    import numpy as np
+    import pandas as pd
+
+    from .landscape import run_landscape
+
+    span = None
+    if args.range:
+        if args.kind == "pca":
+            span = args.range[0]
+        elif len(args.range) != 2:
+            raise UlvizError("--range takes two numbers, LOW HIGH (one margin for --kind pca)")
+        else:
+            span = tuple(args.range)
+    bar = _bar(args.quiet, "landscape")
+    land = run_landscape(args.run, args.kind, epoch=args.epoch, resolution=args.resolution, span=span,
+                         normalization=args.normalization, seed=args.seed, keep_biasbn=args.keep_biasbn,
+                         layer=args.layer, split=args.split, subset=args.subset, other=args.other,
+                         coarse=args.coarse, device=args.device, progress=bar)
+    if bar:
+        bar.close()
+    i = np.unravel_index(np.nanargmin(land.loss), land.loss.shape)
+    where = ", ".join(f"{land.coords[k][i[k]]:+.3f}" for k in range(len(i)))
+    print(f"{args.kind} {'x'.join(str(n) for n in land.loss.shape)} on {args.split}: loss {np.nanmin(land.loss):.4f} "
+          f"..{np.nanmax(land.loss):.4f} (lowest at {where}), accuracy {np.nanmin(land.acc):.4f}..{np.nanmax(land.acc):.4f}"
+          + (f"; explained variance {', '.join(f'{v:.3f}' for v in land.settings['explained'])}"
+             if "explained" in land.settings else ""))
+    if args.csv:
+        grids = np.meshgrid(*land.coords, indexing="ij")
+        cols = {("alpha", "beta")[k]: g.ravel() for k, g in enumerate(grids)}
+        pd.DataFrame({**cols, "loss": land.loss.ravel(), "acc": land.acc.ravel()}).to_csv(args.csv, index=False)
+        print(f"saved {args.csv}")
+    return 0
+
+
+def _paths(args) -> int:
+    import pandas as pd
+
+    from .store import open_run
+    from .trajectory import divergence, divergence_summary, layer_path, pca_plane
+
+    runs = [open_run(args.run)] + ([open_run(args.other)] if args.other else [])
+    plane = layer_path(runs[0], args.layer, runs[1] if args.other else None) if args.layer else pca_plane(runs)
+    print(f"PCA plane of {args.layer or 'all weights'}: explained variance "
+          f"{plane.explained[0]:.3f}, {plane.explained[1]:.3f}")
+    frames = []
+    for run, xy in zip(runs, plane.coords):
+        frames.append(pd.DataFrame({"run": run.name, "epoch": range(len(xy)), "pc1": xy[:, 0], "pc2": xy[:, 1]}))
+    table = pd.concat(frames, ignore_index=True)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if args.other:
+        print("\nper-layer divergence (poisoned vs clean):")
+        print(divergence_summary(divergence(*runs)).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+        print(f"saved {args.csv}")
+    return 0
+
+
+def _bar(quiet: bool, desc: str):
+    """A progress(done, total) callback drawing a tqdm bar, or None when quiet."""
+    if quiet:
+        return None
+    from tqdm import tqdm
+    state = {}
+
+    def progress(done: int, total: int) -> None:
+        if "bar" not in state:
+            state["bar"] = tqdm(total=total, desc=desc, unit="pt")
+        state["bar"].update(done - state["bar"].n)
+    progress.close = lambda: state["bar"].close() if "bar" in state else None
+    return progress
+
+
 def _sigterm(signum, frame):
     # a job cancelled from the dashboard gets SIGTERM: unwind like Ctrl-C so the status is written
     raise KeyboardInterrupt
@@ -249,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _sigterm)
     try:
         commands = {"train": _train, "info": _info, "list": _list, "sal": _sal, "ud": _ud, "demo": _demo,
-                    "poison": _poison}
+                    "poison": _poison, "landscape": _landscape, "paths": _paths}
         return commands[args.command](args)
     except UlvizError as e:
         print(f"ulviz: error: {e}", file=sys.stderr)

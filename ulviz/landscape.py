@@ -112,6 +112,7 @@ def _params(model: nn.Module, state: Direction | None = None) -> Direction:
 
 _ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.Dropout)
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_FORCE_MODE: str | None = None  # tests set "loop" / "vmap" / "dense" to check that every mode agrees
 
 
 class _Evaluator:
@@ -144,12 +145,12 @@ class _Evaluator:
         self.rest = nn.Sequential(*stages[first + 1:] if self.linear_head else stages[first:])
         mods = [m for m in self.rest.modules() if not isinstance(m, nn.Sequential)]
         dense = all(isinstance(m, (nn.Linear, *_ELEMENTWISE)) for m in mods) and (not self.linear_head or isinstance(head, nn.Linear))
-        self.mode = "dense" if dense else "vmap" if device.type == "cuda" else "loop"
+        self.mode = _FORCE_MODE or ("dense" if dense else "vmap" if device.type == "cuda" else "loop")
         on_cpu = device.type == "cpu"
         self.batch = batch_size or 2048
         with torch.no_grad():  # the stages before the first perturbed one: once, for every point
             self.h = [_run(stages[:first], x[i:i + self.batch].to(device, dtype)) for i in range(0, len(x), self.batch)]
-            if self.mode == "dense" and self.h[0].dim() != 2:
+            if self.mode == "dense" and (self.h[0].dim() != 2 or not dense):
                 self.mode = "vmap" if device.type == "cuda" else "loop"
             if self.linear_head:
                 hw, hb = names[id(head.weight)], names[id(head.bias)] if head.bias is not None else None

@@ -1,0 +1,241 @@
+"""Landscapes and paths against hand-loaded weights, sklearn's PCA and plain loops."""
+import copy
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from ulviz import create_model, load_dataset, train
+from ulviz import landscape as L
+from ulviz.cli import main
+from ulviz.errors import UlvizError
+from ulviz.store import list_landscapes, open_run
+from ulviz.trajectory import divergence, layer_path, pca_plane
+
+from conftest import tiny_config
+
+
+def _model(name, seed=0, width=None):
+    torch.manual_seed(seed)
+    ds = load_dataset("synthetic", train_limit=96, test_limit=64)
+    m = create_model(name, ds.image_shape, ds.num_classes, width).double().eval()
+    if name == "cnn":  # non-trivial batch-norm statistics, which eval mode must keep
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.2, 0.2)
+                mod.running_var.uniform_(0.5, 1.5)
+    return m, ds.x_test.double(), ds.y_test
+
+
+def _loss_by_hand(model, x, y, shift):
+    """Load θ + shift into a deep copy with load_state_dict and evaluate it plainly."""
+    m = copy.deepcopy(model)
+    state = m.state_dict()
+    for n, v in shift.items():
+        state[n] = state[n] + v
+    m.load_state_dict(state)
+    with torch.no_grad():
+        out = m(x)
+    return F.cross_entropy(out, y).item(), (out.argmax(1) == y).double().mean().item()
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _identical(model, before):
+    return all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("name, width, mode", [
+    ("linear", None, None), ("mlp", 16, None), ("mlp", 16, "vmap"), ("mlp", 16, "loop"),
+    ("lenet5", None, None), ("lenet5", None, "vmap"), ("cnn", 4, None)])
+def test_plane_points_equal_hand_loaded_weights(monkeypatch, name, width, mode):
+    monkeypatch.setattr(L, "_FORCE_MODE", mode)
+    model, x, y = _model(name, width=width)
+    before = _state(model)
+    land = L.plane(model, (x, y), resolution=5, span=0.5, seed=3, batch_size=40)
+    assert _identical(model, before)
+    d, e = land.directions
+    with torch.no_grad():
+        plain = F.cross_entropy(model(x), y).item()
+    assert land.loss[2, 2] == pytest.approx(plain, abs=1e-10)  # the centre is the model itself
+    for i, j in [(0, 4), (1, 3), (4, 0), (3, 2)]:
+        a, b = land.coords[0][i], land.coords[1][j]
+        loss, acc = _loss_by_hand(model, x, y, {n: a * d[n] + b * e[n] for n in d})
+        assert land.loss[i, j] == pytest.approx(loss, abs=1e-9)
+        assert land.acc[i, j] == pytest.approx(acc)
+
+
+def test_filter_normalization_and_biasbn():
+    model, _, _ = _model("cnn", width=4)
+    d = L.random_direction(model, normalization="filter", seed=1)
+    for n, w in model.named_parameters():
+        if w.dim() > 1:
+            assert torch.allclose(d[n].flatten(1).norm(dim=1), w.detach().flatten(1).norm(dim=1).to(d[n].dtype), rtol=1e-6)
+        else:  # biases and batch-norm scales/shifts are left out by default
+            assert d[n].count_nonzero() == 0
+    kept = L.random_direction(model, seed=1, keep_biasbn=True)
+    for n, w in model.named_parameters():
+        if w.dim() <= 1:  # kept, and scaled to the tensor's own norm (zero for a zero-initialised shift)
+            assert kept[n].norm().item() == pytest.approx(w.detach().norm().item(), rel=1e-6)
+    assert any(kept[n].count_nonzero() for n, w in model.named_parameters() if w.dim() <= 1)
+    layer = L.random_direction(model, normalization="layer", seed=1)
+    for n, w in model.named_parameters():
+        if w.dim() > 1:
+            assert layer[n].norm().item() == pytest.approx(w.detach().norm().item(), rel=1e-6)
+    only = L.random_direction(model, seed=1, layer="0.weight")
+    assert [n for n in only if only[n].count_nonzero()] == ["0.weight"]
+    assert torch.equal(only["0.weight"], d["0.weight"])  # same seed, same draw for that tensor
+    with pytest.raises(UlvizError, match="not a parameter"):
+        L.random_direction(model, layer="nope")
+
+
+def test_layer_restricted_line_moves_one_tensor():
+    model, x, y = _model("lenet5")
+    land = L.line(model, (x, y), resolution=7, layer="fc2.weight", seed=2)
+    (d,) = land.directions
+    assert [n for n in d if d[n].count_nonzero()] == ["fc2.weight"]
+    for i in (0, 5):
+        loss, _ = _loss_by_hand(model, x, y, {"fc2.weight": land.coords[0][i] * d["fc2.weight"]})
+        assert land.loss[i] == pytest.approx(loss, abs=1e-9)
+
+
+def test_interpolation_ends_are_the_endpoint_losses():
+    a, x, y = _model("mlp", seed=0, width=16)
+    b, _, _ = _model("mlp", seed=1, width=16)
+    before = _state(a)
+    land = L.interpolation(a, (x, y), a.state_dict(), b.state_dict(), resolution=9, span=(-0.5, 1.5))
+    with torch.no_grad():
+        la, lb = F.cross_entropy(a(x), y).item(), F.cross_entropy(b(x), y).item()
+    assert land.coords[0][2] == 0 and land.coords[0][6] == 1
+    assert land.loss[2] == pytest.approx(la, abs=1e-10)
+    assert land.loss[6] == pytest.approx(lb, abs=1e-9)
+    assert _identical(a, before)
+
+
+def test_coarse_points_come_first_and_are_part_of_the_grid():
+    order = L.grid_order(9, 3)
+    assert sorted(order) == list(range(81))
+    assert set(order[:9]) == {r * 9 + c for r in (0, 4, 8) for c in (0, 4, 8)}
+    with pytest.raises(UlvizError, match="does not divide"):
+        L.grid_order(9, 4)
+    model, x, y = _model("mlp", width=16)
+    seen = []
+    full = L.plane(model, (x, y), resolution=9, coarse=3, on_points=lambda idx, l, a: seen.extend(idx))
+    assert set(seen[:9]) == set(order[:9])
+    coarse = L.coarse_view(full, 3)
+    small = L.plane(model, (x, y), resolution=3, directions=full.directions)
+    assert np.allclose(coarse.loss, small.loss, atol=1e-12)
+
+
+def test_known_points_are_not_recomputed():
+    model, x, y = _model("mlp", width=16)
+    full = L.plane(model, (x, y), resolution=5)
+    done = np.zeros(25, dtype=bool)
+    done[:10] = True
+    loss = np.where(done, full.loss.ravel(), np.nan)
+    seen = []
+    again = L.plane(model, (x, y), resolution=5, known=(loss, full.acc.ravel(), done),
+                    on_points=lambda idx, l, a: seen.extend(idx))
+    assert sorted(seen) == list(range(10, 25))
+    assert np.allclose(again.loss, full.loss, atol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("runs")
+    cfg = tiny_config(epochs=4)
+    train(cfg, d / "clean.h5")
+    train(replace(cfg, name="random", poison=replace(cfg.poison, method="random", params={"mode": "class", "eps": 0.2})),
+          d / "random.h5")
+    return d / "clean.h5", d / "random.h5"
+
+
+def test_pca_coordinates_are_projections(two_runs):
+    from sklearn.decomposition import PCA
+    clean = open_run(two_runs[0])
+    plane = pca_plane(clean)
+    rows = np.concatenate([clean.weights_path(n).reshape(len(clean.metrics), -1) for n in plane.names], axis=1)
+    rel = rows.astype(np.float64) - rows[-1]
+    ref = PCA(2).fit(rel)
+    assert np.allclose(plane.explained, ref.explained_variance_ratio_, atol=1e-8)
+    for k in range(2):
+        v = np.concatenate([plane.directions[k][n].double().numpy().ravel() for n in plane.names])
+        assert abs(abs(v @ ref.components_[k]) - 1) < 1e-5  # the same direction up to sign
+        assert np.allclose(plane.coords[0][:, k], rel @ v, atol=1e-5)  # coordinates = projections
+    assert np.allclose(plane.coords[0][-1], 0)  # the final weights sit at the origin
+
+
+def test_shared_plane_layer_path_and_divergence(two_runs):
+    clean, poisoned = open_run(two_runs[0]), open_run(two_runs[1])
+    shared = pca_plane([clean, poisoned])
+    assert len(shared.coords) == 2 and np.allclose(shared.coords[0][0], shared.coords[1][0], atol=1e-5)  # same init
+    lp = layer_path(clean, "1.weight")
+    assert lp.names == ["1.weight"] and lp.coords[0].shape == (5, 2)
+    table = divergence(clean, poisoned)
+    row = table[(table["layer"] == "1.weight") & (table["epoch"] == 3)].iloc[0]
+    c, p = clean.weights_path("1.weight"), poisoned.weights_path("1.weight")
+    assert row["rel_distance"] == pytest.approx(np.linalg.norm(p[3] - c[3]) / np.linalg.norm(c[3]))
+    uc, up = (c[3] - c[2]).ravel(), (p[3] - p[2]).ravel()
+    assert row["update_cosine"] == pytest.approx(uc @ up / np.linalg.norm(uc) / np.linalg.norm(up), rel=1e-5)
+    assert table[table["epoch"] == 0]["rel_distance"].max() == 0
+
+
+def test_run_landscape_caches_and_resumes(two_runs, tmp_path, monkeypatch):
+    path = tmp_path / "run.h5"
+    path.write_bytes(two_runs[0].read_bytes())
+    run = open_run(path)
+    model = L.run_model(run)
+    before = _state(model)
+    evaluated = []
+    real_call = L._Evaluator.__call__
+
+    def counting(self, coords):
+        evaluated.append(len(coords))
+        return real_call(self, coords)
+    monkeypatch.setattr(L._Evaluator, "__call__", counting)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after(done, total):
+        if done >= 20:
+            raise Stop
+    monkeypatch.setattr(L, "_FORCE_MODE", "loop")  # chunks of 32 points: the stop comes after the first
+    with pytest.raises(Stop):
+        L.run_landscape(path, "plane", resolution=9, progress=stop_after)
+    partial = L.run_landscape(path, "plane", resolution=9, compute=False)
+    done = int(np.isfinite(partial.loss).sum())
+    assert 0 < done < 81 and partial.settings["complete"] == pytest.approx(done / 81)
+    evaluated.clear()
+    full = L.run_landscape(path, "plane", resolution=9)
+    assert sum(evaluated) == 81 - done  # only the missing points
+    ref = L.plane(model, L.run_data(run, "test"), resolution=9)
+    assert np.allclose(full.loss, ref.loss, atol=1e-6)
+    evaluated.clear()
+    again = L.run_landscape(path, "plane", resolution=9)
+    assert sum(evaluated) == 0 and np.array_equal(again.loss, full.loss)
+    assert _identical(model, before)
+    kinds = {s["kind"] for s in list_landscapes(path)}
+    assert kinds == {"plane"}
+    interp = L.run_landscape(path, "interp", resolution=5, span=(0, 1))
+    assert interp.loss[-1] == pytest.approx(run.metrics["test_loss"].iloc[-1], abs=1e-5)
+    assert interp.loss[0] == pytest.approx(run.metrics["test_loss"].iloc[0], abs=1e-5)
+
+
+def test_cli_landscape_and_paths(two_runs, tmp_path, capsys):
+    path = tmp_path / "run.h5"
+    path.write_bytes(two_runs[0].read_bytes())
+    assert main(["landscape", str(path), "--kind", "pca", "--resolution", "5", "--quiet", "--csv", str(tmp_path / "p.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "explained variance" in out and (tmp_path / "p.csv").exists()
+    assert main(["paths", str(two_runs[0]), str(two_runs[1])]) == 0
+    assert "per-layer divergence" in capsys.readouterr().out
+    assert main(["landscape", str(path), "--layer", "nope", "--quiet"]) == 2
+    assert main(["landscape", str(path), "--range", "1", "--quiet"]) == 2
+    assert main(["landscape", str(tmp_path / "missing.h5")]) == 2
+    assert "error" in capsys.readouterr().err
