@@ -72,7 +72,7 @@ def test_exact_equals_plain_loop_float64(name, width):
     x, y = ds.x_train.double(), ds.y_train
     ours = layer_sal(model, (x, y), iters=3, lr_min=0.5, lr_max=0.5, eps=0.05, batch_size=64, device="cpu")
     ref = reference_sal(model, x, y, iters=3, lr=0.5, eps=0.05, batch_size=64)
-    assert list(ours) == list(ref) and len(ref) >= 3
+    assert list(ours) == list(ref) and len(ref) >= 2
     for layer, r in ref.items():
         for part, value in r.items():
             assert abs(getattr(ours[layer], part) - value) <= 1e-5, (layer, part)
@@ -146,7 +146,7 @@ def test_sal_during_training_equals_post_hoc_and_resumes(tmp_path, monkeypatch):
     cfg = replace(cfg, sal=sal)
     train(cfg, tmp_path / "live.h5")
     live = open_run(tmp_path / "live.h5")
-    assert list(live.sal_epochs) == [1, 2, 3] and live.sal["sal"].shape == (3, 3)
+    assert list(live.sal_epochs) == [1, 2, 3] and live.sal["sal"].shape == (3, 2)  # 3 epochs x 2 layers
 
     # post hoc on a copy trained without SAL: interrupted after one epoch, then resumed
     train(tiny_config(epochs=3), tmp_path / "post.h5")
