@@ -10,7 +10,6 @@ divided by the time of one plain forward pass (with the loss) of the same data.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import pandas as pd
@@ -63,9 +62,13 @@ def main():
                                          normalization="filter", deepcopy_model=True)
 
         forward()  # warm-up
-        t_fwd = statistics.median(best_of(forward, 5) for _ in range(3))
-        t_ours = best_of(ours, args.repeats)
-        t_theirs = best_of(theirs, args.repeats)
+        # interleaved, best of each: the machine's speed drifts, so both see the same conditions
+        t_fwd, t_ours, t_theirs = [], [], []
+        for _ in range(args.repeats):
+            t_fwd.append(best_of(forward, 10))
+            t_ours.append(best_of(ours, 1))
+            t_theirs.append(best_of(theirs, 1))
+        t_fwd, t_ours, t_theirs = min(t_fwd), min(t_ours), min(t_theirs)
         rows.append({"model": name, "ulviz_s": t_ours, "loss_landscapes_s": t_theirs, "speedup": t_theirs / t_ours,
                      "forwards_per_point": t_ours / (r * r) / t_fwd, "forward_ms": t_fwd * 1e3})
         print(f"{name}: ours {t_ours:.2f}s, loss-landscapes {t_theirs:.2f}s", flush=True)
