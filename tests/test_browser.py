@@ -23,15 +23,19 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server():
+def server(tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
     pytest.importorskip("playwright")
+    if not (ROOT / "data" / "demo" / "clean.h5").exists():
+        pytest.skip("no bundled demo")
+    data = tmp_path_factory.mktemp("data") / "demo"
+    shutil.copytree(ROOT / "data" / "demo", data)  # the pages may add caches: never to the bundle
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
          "--server.address", "127.0.0.1"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "ULVIZ_DATA_DIR": "data"})
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "ULVIZ_DATA_DIR": str(data)})
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -48,7 +52,12 @@ def server():
     proc.wait(10)
 
 
-def test_home_page_in_chromium(server):
+PAGES = [("", "home", "Unlearnable Distance"), ("Loss_landscape", "landscape", "Loss landscape"),
+         ("SAL", "sal", "Sharpness-Aware Learnability"), ("Optimization_paths", "paths", "Optimization paths"),
+         ("Unlearnable_Distance", "ud", "Unlearnable Distance")]
+
+
+def test_every_page_in_chromium(server):
     from playwright.sync_api import sync_playwright
 
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -57,12 +66,18 @@ def test_home_page_in_chromium(server):
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
             "--disable-sync", "--no-first-run"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(server)
-        page.wait_for_selector("text=Unlearnable Distance", timeout=60000)
-        page.wait_for_selector('[data-testid="stDataFrame"]', timeout=30000)
-        # wait until the app is idle (no running indicator) before judging the page
-        page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=30000)
-        assert page.locator('[data-testid="stException"]').count() == 0
-        assert page.locator('[data-testid="stDataFrame"]').count() >= 2
-        page.screenshot(path=str(SHOTS / "home.png"), full_page=True)
+        for route, shot, heading in PAGES:
+            page.goto(f"{server}/{route}")
+            page.wait_for_selector(f"text={heading}", timeout=60000)
+            page.wait_for_selector('[data-testid="stPlotlyChart"]', timeout=120000)
+            # idle: no running indicator, and plotly has drawn its SVG into every chart
+            page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=120000)
+            page.wait_for_function(
+                "[...document.querySelectorAll('[data-testid=\"stPlotlyChart\"]')]"
+                ".every(c => c.querySelector('svg.main-svg'))", timeout=60000)
+            assert page.locator('[data-testid="stException"]').count() == 0, route
+            assert page.locator('[data-testid="stAlertContentError"]').count() == 0, route
+            assert page.locator('[data-testid="stPlotlyChart"]').count() >= 1, route
+            assert page.locator('[data-testid="stCaptionContainer"]').count() >= 1, route
+            page.screenshot(path=str(SHOTS / f"{shot}.png"), full_page=True)
         browser.close()

@@ -3,6 +3,7 @@
 The public API (everything else is internal)::
 
     from ulviz import RunConfig, train, open_run, load_dataset, create_model
+    from ulviz import layer_sal, unlearnable_distance, plane, line, run_landscape, pca_plane
 """
 __version__ = "0.1.0"
 
@@ -14,6 +15,10 @@ from .models import create_model, list_models, weight_layer_names
 from .poisons import list_methods, make_poison
 from .store import Run, find_runs, open_run
 from .training import EpochContext, TrainResult, evaluate, train
+from .sal import layer_sal
+from .ud import unlearnable_distance
+from .landscape import interpolation, line, plane, run_landscape
+from .trajectory import divergence, pca_plane
 
 __all__ = [
     "__version__",
@@ -25,4 +30,7 @@ __all__ = [
     "list_methods", "make_poison",
     "Run", "find_runs", "open_run",
     "EpochContext", "TrainResult", "evaluate", "train",
+    "layer_sal", "unlearnable_distance",
+    "interpolation", "line", "plane", "run_landscape",
+    "divergence", "pca_plane",
 ]

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .config import DataConfig, ModelConfig, PoisonConfig, RunConfig, SALConfig, TrainConfig
+from .config import DataConfig, ModelConfig, PoisonConfig, RunConfig, SALConfig, TrainConfig, parse_param
 from .data import list_datasets
 from .errors import UlvizError
 from .models import list_models
@@ -16,14 +16,10 @@ from .poisons import list_methods
 
 
 def _param(text: str) -> tuple[str, object]:
-    """`key=value` with value parsed as JSON when it can be (numbers, true/false), else a string."""
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
-    key, value = text.split("=", 1)
     try:
-        return key, json.loads(value)
-    except ValueError:
-        return key, value
+        return parse_param(text)
+    except UlvizError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--sal", default="none", choices=["exact", "fast", "none"], help="SAL after every epoch")
     _sal_options(t)
     t.add_argument("--overwrite", action="store_true", help="replace an existing run file")
+    t.add_argument("--config", help="a RunConfig as JSON (a file); replaces every other training option")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
     i = sub.add_parser("info", help="print a run file's config and metrics")
@@ -83,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     dm = sub.add_parser("demo", help="regenerate the bundled demo study (data/demo)")
     dm.add_argument("--out", help="directory to write the demo runs to (default: the bundled data/demo)")
     dm.add_argument("--epochs", type=int, default=30)
+    dm.add_argument("--methods", help="comma-separated subset of the demo runs (clean is always made)")
 
     s = sub.add_parser("sal", help="compute per-layer SAL for every epoch of a run file (resumable)")
     s.add_argument("run", help="run file (.h5)")
@@ -146,6 +144,14 @@ def _sal_config(args, estimator: str) -> SALConfig:
 def _train(args) -> int:
     from .training import train
 
+    if args.config:
+        try:
+            text = Path(args.config).read_text()
+        except OSError as e:
+            raise UlvizError(f"{args.config}: cannot read the config ({e.strerror})") from None
+        config = RunConfig.from_json(text)
+        result = train(config, args.out, overwrite=args.overwrite, progress=not args.quiet)
+        return _report(result, args.out)
     config = RunConfig(
         name=args.name or args.poison,
         data=DataConfig(args.dataset, args.data_dir, args.allow_pickle, args.train_limit, args.test_limit),
@@ -156,8 +162,12 @@ def _train(args) -> int:
         sal=_sal_config(args, args.sal),
     )
     result = train(config, args.out, overwrite=args.overwrite, progress=not args.quiet)
+    return _report(result, args.out)
+
+
+def _report(result, out) -> int:
     last = result.history[-1]
-    print(f"{result.status}: {args.out}  epoch {last['epoch']}  train_acc {last['train_acc']:.4f}  "
+    print(f"{result.status}: {out}  epoch {last['epoch']}  train_acc {last['train_acc']:.4f}  "
           f"test_acc {last['test_acc']:.4f}")
     return 0 if result.status == "complete" else 3
 
@@ -226,7 +236,7 @@ def _demo(args) -> int:
     from .demo import DEMO_DIR, make_demo
     from .ud import ud_table
 
-    paths = make_demo(args.out or DEMO_DIR, args.epochs)
+    paths = make_demo(args.out or DEMO_DIR, args.epochs, methods=args.methods.split(",") if args.methods else None)
     table, result = ud_table(paths[0], paths[1:])
     print(f"threshold {result.threshold:.6f}")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))

@@ -113,3 +113,14 @@ _DATACLASS_FIELDS = {
     (RunConfig, "train"): TrainConfig,
     (RunConfig, "sal"): SALConfig,
 }
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """`key=value` with the value read as JSON when it can be (numbers, true/false), else a string."""
+    if "=" not in text:
+        raise UlvizError(f"expected key=value, got {text.strip()!r}")
+    key, value = (part.strip() for part in text.split("=", 1))
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value

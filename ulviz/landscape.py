@@ -504,7 +504,8 @@ def run_landscape(path, kind: str = "plane", *, epoch: int = -1, resolution: int
     kind: "line" / "plane" (random directions around the weights at `epoch`), "interp" (the line
     from the initial weights to those at `epoch`, or to the final weights of the run file `other`
     of the same architecture; α = 0 and 1 are the two ends) or "pca" (the plane of the run's
-    weight path, see :mod:`ulviz.trajectory`, centred on its final weights; `span` is then the
+    weight path, or of its path and `other`'s together, see :mod:`ulviz.trajectory`, centred on its
+    final weights; `span` is then the
     margin around the path, as a fraction of its extent). `span` defaults to (-1, 1), (-0.5, 1.5)
     for "interp" and a margin of 0.25 for "pca". Points already cached are not recomputed;
     `compute=False` returns only what is cached (None if nothing is).
@@ -528,19 +529,25 @@ def run_landscape(path, kind: str = "plane", *, epoch: int = -1, resolution: int
         settings.update(span=list(_span(span)))
         if other is not None:
             other_run = open_run(other)
-            settings.update(other=str(Path(other).resolve()), other_epochs=len(other_run.metrics))
+            settings.update(other=Path(other).name, other_run=other_run.name, other_epochs=len(other_run.metrics))
             start, end = model.state_dict(), other_run.snapshot(-1)
         else:
             start, end = run.snapshot(0), model.state_dict()
     else:
         from .trajectory import pca_plane
-        path_plane = pca_plane(run)
+        plane_runs = [run]
+        if other is not None:  # one plane for both paths (same architecture and initialization)
+            plane_runs.append(open_run(other))
+            settings.update(other=Path(other).name, other_run=plane_runs[1].name,
+                            other_epochs=len(plane_runs[1].metrics))
+        path_plane = pca_plane(plane_runs)
         if not isinstance(span, (int, float)) or span < 0:
             raise UlvizError("for a PCA plane the range is one margin >= 0, a fraction of the path's extent")
         settings.update(margin=float(span), epochs=last + 1)
         model = run_model(run, -1)
     if kind == "pca":
-        axes = [_axis(resolution, _padded(c, settings["margin"])) for c in path_plane.coords[0].T]
+        every = np.concatenate(path_plane.coords)
+        axes = [_axis(resolution, _padded(c, settings["margin"])) for c in every.T]
     else:
         axes = [_axis(resolution, settings["span"])] * (2 if kind == "plane" else 1)
     cached = read_landscape(run.path, settings) if cache else None
