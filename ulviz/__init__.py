@@ -14,7 +14,7 @@ from .errors import DataError, DivergedError, RunFileError, UlvizError, UnknownN
 from .models import create_model, list_models, weight_layer_names
 from .poisons import list_methods, make_poison
 from .store import Run, find_runs, open_run
-from .training import EpochContext, TrainResult, evaluate, train
+from .training import EpochContext, TrainResult, evaluate, resume, train
 from .sal import layer_sal
 from .ud import unlearnable_distance
 from .landscape import interpolation, line, plane, run_landscape
@@ -29,7 +29,7 @@ __all__ = [
     "create_model", "list_models", "weight_layer_names",
     "list_methods", "make_poison",
     "Run", "find_runs", "open_run",
-    "EpochContext", "TrainResult", "evaluate", "train",
+    "EpochContext", "TrainResult", "evaluate", "resume", "train",
     "layer_sal", "unlearnable_distance",
     "interpolation", "line", "plane", "run_landscape",
     "divergence", "pca_plane",

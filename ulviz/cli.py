@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model (optionally on protected data) into a run file")
     d, tc = DataConfig(), TrainConfig()
-    t.add_argument("--out", required=True, help="run file to write (.h5)")
+    t.add_argument("--out", help="run file to write (.h5)")
+    t.add_argument("--resume", metavar="RUN.h5", help="continue an interrupted run file from its last finished epoch")
     t.add_argument("--name", help="run label (default: the poison method)")
     t.add_argument("--dataset", default=d.name, choices=list_datasets())
     t.add_argument("--data-dir", help="directory (or .npz file) for datasets read from local files")
@@ -142,8 +143,12 @@ def _sal_config(args, estimator: str) -> SALConfig:
 
 
 def _train(args) -> int:
-    from .training import train
+    from .training import resume, train
 
+    if args.resume:
+        return _report(resume(args.resume, progress=not args.quiet), args.resume)
+    if not args.out:
+        raise UlvizError("train needs --out RUN.h5 (or --resume RUN.h5)")
     if args.config:
         try:
             text = Path(args.config).read_text()

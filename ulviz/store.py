@@ -95,6 +95,22 @@ class RunWriter:
         _append_sal(self._f, epoch, parts)
         self._f.flush()
 
+    def save_resume_state(self, epoch: int, blob: bytes) -> None:
+        """Keep what resuming after `epoch` needs (optimizer state), in the slot the previous
+        epoch did not use; the slot's epoch is written last, so a kill mid-write leaves the
+        other slot, and the previous epoch, intact."""
+        r = self._f["resume"]
+        slot = epoch % 2
+        data = np.frombuffer(blob, dtype=np.uint8)
+        if r["blob"].shape[1] < len(data):
+            r["blob"].resize(len(data), axis=1)
+        r["epoch"][slot] = -1
+        r["blob"][slot, :len(data)] = data
+        r["length"][slot] = len(data)
+        self._f.flush()
+        r["epoch"][slot] = epoch
+        self._f.flush()
+
     def set_status(self, status: str, message: str = "") -> None:
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}")
@@ -111,6 +127,46 @@ class RunWriter:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def reopen_for_resume(path: str | Path) -> tuple["RunWriter", int, bytes | None]:
+    """Reopen an interrupted run file to continue it: (writer, last finished epoch, the saved
+    optimizer state for that epoch or None). Rows past the last finished epoch (cut off by the
+    kill) are dropped, the status goes back to "running" and the file back to SWMR appends."""
+    path = check_run_file(path)
+    run = open_run(path)
+    if run.status == "complete":
+        raise RunFileError(path, "is complete; nothing to resume")
+    with _reader(path) as f:
+        if "resume" not in f:
+            raise RunFileError(path, "was written without resume state (an older ulviz); it cannot be resumed")
+    with open_for_update(path):  # clears the crashed writer's flag, or refuses a live writer
+        pass
+    done = len(run.metrics) - 1
+    f = h5py.File(path, "a", libver="latest")
+    try:
+        for name in METRICS:
+            f["metrics"][name].resize(done + 1, axis=0)
+        for name in run.tensor_names:
+            f["snapshots"][name].resize(done + 1, axis=0)
+        g = f["sal"]
+        keep = int(np.searchsorted(np.array(g["epoch"][:len(run.sal_epochs)]), done, side="right"))
+        for name in ("epoch", *SAL_PARTS):
+            g[name].resize(keep, axis=0)
+        r = f["resume"]
+        slots = np.array(r["epoch"])
+        blob = None
+        if done in slots:
+            slot = int(np.flatnonzero(slots == done)[0])
+            blob = np.array(r["blob"][slot, :int(r["length"][slot])]).tobytes()
+        f.attrs.update({"writer_pid": os.getpid(), "writer_host": socket.gethostname()})
+        f["status"][()] = np.bytes_("running")
+        f["message"][()] = np.bytes_(f"resumed after epoch {done}")
+        f.swmr_mode = True
+    except BaseException:
+        f.close()
+        raise
+    return RunWriter(path, f), done, blob
 
 
 def _init_layout(f: h5py.File, config: RunConfig, state, param_names, layer_names) -> None:
@@ -132,6 +188,10 @@ def _init_layout(f: h5py.File, config: RunConfig, state, param_names, layer_name
         a = t.detach().cpu().numpy()
         snaps.create_dataset(name, shape=(0, *a.shape), maxshape=(None, *a.shape), chunks=(1, *a.shape) if a.size else None, dtype=a.dtype)
     _create_sal_group(f, layer_names, config.sal)
+    r = f.create_group("resume")  # two slots, written alternately: one always holds a whole state
+    r.create_dataset("blob", shape=(2, 0), maxshape=(2, None), chunks=(1, 1 << 16), dtype="u1")
+    r.create_dataset("length", data=np.zeros(2, dtype="i8"))
+    r.create_dataset("epoch", data=np.full(2, -1, dtype="i8"))
 
 
 def _create_sal_group(f: h5py.File, layer_names: list[str], settings) -> None:

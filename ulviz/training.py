@@ -7,6 +7,7 @@ then the per-epoch callbacks run (SAL and other analyses hook in there).
 """
 from __future__ import annotations
 
+import io
 import math
 import time
 from dataclasses import dataclass, replace
@@ -20,11 +21,11 @@ from torch.nn import functional as F
 from .config import RunConfig
 from .data import Dataset, load_dataset
 from .devices import select_device
-from .errors import DivergedError, UlvizError
+from .errors import DivergedError, RunFileError, UlvizError
 from .models import create_model, weight_layer_names
 from .poisons import make_poison
 from .sal import sal_callback
-from .store import RunWriter
+from .store import RunWriter, open_run, reopen_for_resume
 
 
 @dataclass
@@ -134,14 +135,61 @@ def train(config: RunConfig, out: str | Path | None = None, *, callbacks: Sequen
     writer = None
     if out is not None:
         writer = RunWriter.create(out, config, model.state_dict(), param_names, weight_layer_names(model), overwrite)
-    if config.sal.estimator != "none":
-        callbacks = [*callbacks, sal_callback(config.sal)]
+    callbacks = _with_sal(config, callbacks)
     history: list[dict[str, float]] = []
+    return _run_epochs(config, model, optimizer, poisoned, writer, device, callbacks, history, 0, progress, out)
+
+
+def resume(path: str | Path, *, callbacks: Sequence[Callback] = (), progress: bool = False) -> TrainResult:
+    """Continue an interrupted (killed, cancelled or failed) run file from its last finished epoch.
+
+    The weights come from that epoch's snapshot, the optimizer state from the copy saved with it,
+    the data order from (seed, epoch) as always, so on the CPU the run ends with the same weights,
+    metrics and SAL as one never interrupted."""
+    run = open_run(path)
+    if run.status == "diverged":
+        raise UlvizError(f"{path}: {run.message}; resuming would diverge again")
+    config = run.config
+    device = select_device(config.train.device)
+    dataset = load_dataset(config.data)
+    poisoned = replace(dataset, x_train=make_poison(config.poison, dataset).x_train)
+    model = build_model(config, dataset).to(device)
+    optimizer = make_optimizer(config, model)
+    writer, done, blob = reopen_for_resume(path)
+    try:
+        model.load_state_dict(run.snapshot(done))
+        if blob is not None:
+            optimizer.load_state_dict(torch.load(io.BytesIO(blob), map_location=device, weights_only=True))
+        elif done > 0:
+            raise RunFileError(Path(path), f"has no optimizer state for epoch {done}; it cannot be resumed exactly")
+        callbacks = _with_sal(config, callbacks)
+        history = run.metrics.to_dict("records")
+        if config.sal.estimator != "none" and done > 0 and done not in set(run.sal_epochs.tolist()):
+            # killed between the epoch's snapshot and its SAL: measure it now, from the same weights
+            ctx = EpochContext(done, model, poisoned, history[-1], writer, device, config)
+            for cb in callbacks:
+                cb(ctx)
+    except BaseException:
+        writer.set_status("interrupted", "resume failed before training")
+        writer.close()
+        raise
+    return _run_epochs(config, model, optimizer, poisoned, writer, device, callbacks, history, done, progress, path)
+
+
+def _with_sal(config: RunConfig, callbacks: Sequence[Callback]) -> list[Callback]:
+    return [*callbacks, sal_callback(config.sal)] if config.sal.estimator != "none" else list(callbacks)
+
+
+def _run_epochs(config, model, optimizer, poisoned, writer, device, callbacks, history, done, progress, out):
+    """Epochs done+1 .. config.train.epochs, after epoch 0 (the initial evaluation) for a fresh run."""
     status = "complete"
     try:
-        _finish_epoch(0, model, poisoned, writer, device, config, callbacks, history, float("nan"), 0.0)
+        if not history:  # a fresh run: epoch 0, the initial model, first
+            _finish_epoch(0, model, poisoned, writer, device, config, callbacks, history, float("nan"), 0.0)
         bar = _progress(config.train.epochs, progress)
-        for epoch in range(1, config.train.epochs + 1):
+        if bar is not None:
+            bar.update(done)
+        for epoch in range(done + 1, config.train.epochs + 1):
             start = time.perf_counter()
             lr = lr_at(config, epoch)
             for group in optimizer.param_groups:
@@ -155,7 +203,7 @@ def train(config: RunConfig, out: str | Path | None = None, *, callbacks: Sequen
                     writer.set_status("diverged", f"diverged at epoch {epoch}: {e}")
                 break
             row = _finish_epoch(epoch, model, poisoned, writer, device, config, callbacks, history, lr,
-                                time.perf_counter() - start)
+                                time.perf_counter() - start, optimizer)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(train_acc=f"{row['train_acc']:.3f}", test_acc=f"{row['test_acc']:.3f}")
@@ -177,8 +225,10 @@ def train(config: RunConfig, out: str | Path | None = None, *, callbacks: Sequen
     return TrainResult(model.cpu(), Path(out) if out else None, history, status)
 
 
-def _finish_epoch(epoch, model, data, writer, device, config, callbacks, history, lr, seconds) -> dict:
-    """Evaluate, append the row and snapshot, run the callbacks; returns the row."""
+def _finish_epoch(epoch, model, data, writer, device, config, callbacks, history, lr, seconds,
+                  optimizer=None) -> dict:
+    """Evaluate, append the row and snapshot (and the optimizer state, for resuming), run the
+    callbacks; returns the row."""
     bs = max(config.train.batch_size, 512)
     train_loss, train_acc = evaluate(model, data.x_train, data.y_train, bs, device)
     test_loss, test_acc = evaluate(model, data.x_test, data.y_test, bs, device)
@@ -186,6 +236,10 @@ def _finish_epoch(epoch, model, data, writer, device, config, callbacks, history
            "test_acc": test_acc, "lr": lr, "seconds": seconds}
     history.append(row)
     if writer:
+        if optimizer is not None:  # first: an epoch counts as finished only once its row is in
+            buf = io.BytesIO()
+            torch.save(optimizer.state_dict(), buf)
+            writer.save_resume_state(epoch, buf.getvalue())
         writer.append_epoch(row, model.state_dict())
     ctx = EpochContext(epoch, model, data, row, writer, device, config)
     for cb in callbacks:
