@@ -4,15 +4,11 @@ import streamlit as st
 from ulviz import plots, ui
 from ulviz.landscape import run_landscape
 
-st.set_page_config(page_title="Loss landscape · ulviz", layout="wide")
-st.title("Loss landscape")
-st.caption("The loss of the trained network around its weights: along random filter-normalized directions, "
-           "restricted to one layer (what that layer's SAL probes), or between two weight states.")
+ui.page("Loss landscape",
+        "The loss of the trained network around its weights: along random filter-normalized directions, "
+        "restricted to one layer (what that layer's SAL probes), or between two weight states.")
 
-runs = ui.readable_runs(ui.data_dir())
-if not runs:
-    st.info("No readable run files in the data directory.")
-    st.stop()
+runs = ui.runs_or_stop()
 chosen = ui.pick_runs(runs, "Runs (side by side)", 2, key="land_runs")
 kind = st.sidebar.radio("Slice", ["plane", "line", "interp"], format_func={
     "plane": "2-D plane (random directions)", "line": "1-D line (random direction)",

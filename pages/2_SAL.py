@@ -1,21 +1,18 @@
 """SAL: per-layer Sharpness-Aware Learnability, clean vs protected, with the UD threshold."""
-import numpy as np
 import pandas as pd
 import streamlit as st
 
 from ulviz import plots, ui
 from ulviz.ud import unlearnable_distance
 
-st.set_page_config(page_title="SAL · ulviz", layout="wide")
-st.title("Sharpness-Aware Learnability per layer")
-st.caption("SAL of a layer: how far its loss can still move (up or down) when only that layer's weights move "
-           "within 5% of their norm. A layer with a high SAL is still learning; poisoning that works flattens it.")
+ui.page("Sharpness-Aware Learnability per layer",
+        "SAL of a layer: how far its loss can still move (up or down) when only that layer's weights move "
+        "within 5% of their norm. A layer with a high SAL is still learning; poisoning that works "
+        "flattens it.")
 
-runs = ui.readable_runs(ui.data_dir(), need_sal=True)
+runs = ui.runs_or_stop(need_sal=True, message="No run file with SAL here. Compute it with `ulviz sal RUN.h5` "
+                                              "or train with `--sal exact`.")
 clean = next((n for n in runs if runs[n].config.poison.method == "clean"), None)
-if not runs:
-    st.info("No run file with SAL here. Compute it with `ulviz sal RUN.h5` or train with `--sal exact`.")
-    st.stop()
 chosen = ui.pick_runs(runs, "Runs", 3, key="sal_runs")
 if not chosen:
     st.info("Choose at least one run in the sidebar.")

@@ -5,16 +5,13 @@ from ulviz import plots, ui
 from ulviz.landscape import run_landscape
 from ulviz.trajectory import divergence, divergence_summary, layer_path, pca_plane
 
-st.set_page_config(page_title="Optimization paths · ulviz", layout="wide")
-st.title("Optimization paths")
-st.caption("Where training took the weights, epoch by epoch, projected on the two directions along which "
-           "the weights moved most (Li et al. 2018). Clean and protected runs from the same initialization share one plane.")
+ui.page("Optimization paths",
+        "Where training took the weights, epoch by epoch, projected on the two directions along which the "
+        "weights moved most (Li et al. 2018). Clean and protected runs from the same initialization share "
+        "one plane.")
 
-runs = ui.readable_runs(ui.data_dir())
-if not runs:
-    st.info("No readable run files in the data directory.")
-    st.stop()
-names = sorted(runs, key=lambda n: (runs[n].config.poison.method != "clean", n))
+runs = ui.runs_or_stop()
+names = ui.clean_first(runs)
 base = st.sidebar.selectbox("Run", names, key="path_base")
 others = ["(none)"] + [n for n in names if n != base and runs[n].layer_names == runs[base].layer_names]
 other = st.sidebar.selectbox("Compare with", others, index=1 if len(others) > 1 else 0, key="path_other")

@@ -5,10 +5,9 @@ from ulviz import plots, ui
 from ulviz.store import find_runs
 from ulviz.ud import study_ud
 
-st.set_page_config(page_title="Unlearnable Distance · ulviz", layout="wide")
-st.title("Unlearnable Distance")
-st.caption("UD = the number of learnable layers per epoch of a protected run divided by the clean run's "
-           "(Ye, Su, Qian, ICLR 2025): 1 means the protection changed nothing, 0 means truly unlearnable.")
+ui.page("Unlearnable Distance",
+        "UD = the number of learnable layers per epoch of a protected run divided by the clean run's (Ye, "
+        "Su, Qian, ICLR 2025): 1 means the protection changed nothing, 0 means truly unlearnable.")
 
 directory = ui.data_dir()
 paths = find_runs(directory)

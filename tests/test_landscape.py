@@ -1,6 +1,5 @@
 """Landscapes and paths against hand-loaded weights, sklearn's PCA and plain loops."""
 import copy
-import json
 from dataclasses import replace
 
 import numpy as np

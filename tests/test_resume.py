@@ -1,6 +1,4 @@
 """Kill-safe runs and exact resume; readers beside a writer; fuzzed run files."""
-import math
-import os
 import signal
 import subprocess
 import sys

@@ -276,19 +276,24 @@ _register("cifar100")(lambda c: _cifar(c, 100))
 
 # -- npz ------------------------------------------------------------------------------------
 
+def open_npz(path: str | Path):
+    """A .npz archive opened without pickle (object arrays are refused); DataError if unreadable."""
+    path = Path(path).expanduser()
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable .npz archive ({e})") from None
+
+
 @_register("npz")
 def _npz(config: DataConfig) -> Dataset:
     """A user's .npz with x_train, y_train, x_test, y_test (NHWC or NCHW or NHW; uint8 or float in [0, 1])."""
     if not config.data_dir:
         raise DataError("dataset 'npz' needs the path of the .npz file (--data-dir FILE.npz)")
     path = Path(config.data_dir).expanduser()
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: not a readable .npz archive ({e})") from None
-    with archive:
+    with open_npz(path) as archive:
         missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in archive.files]
         if missing:
             raise DataError(f"{path}: missing array(s) {', '.join(missing)}; found {', '.join(archive.files) or 'none'}")

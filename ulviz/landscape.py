@@ -460,7 +460,6 @@ SPLITS = ("train", "clean", "test")  # the data the run trained on (maybe protec
 
 def run_model(run, epoch: int = -1) -> nn.Module:
     """A model of the run's architecture holding its weights at `epoch` (-1: the last finished)."""
-    from .data import load_dataset
     from .models import create_model
     ds = _run_dataset(run)
     with torch.random.fork_rng(devices=[]):

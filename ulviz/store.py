@@ -159,7 +159,7 @@ def reopen_for_resume(path: str | Path) -> tuple["RunWriter", int, bytes | None]
         if done in slots:
             slot = int(np.flatnonzero(slots == done)[0])
             blob = np.array(r["blob"][slot, :int(r["length"][slot])]).tobytes()
-        f.attrs.update({"writer_pid": os.getpid(), "writer_host": socket.gethostname()})
+        f.attrs.update({"writer_pid": os.getpid(), "writer_host": _fixed(socket.gethostname())})
         f["status"][()] = np.bytes_("running")
         f["message"][()] = np.bytes_(f"resumed after epoch {done}")
         f.swmr_mode = True
@@ -169,11 +169,19 @@ def reopen_for_resume(path: str | Path) -> tuple["RunWriter", int, bytes | None]
     return RunWriter(path, f), done, blob
 
 
+def _fixed(text: str) -> np.bytes_:
+    """A string attribute as fixed-length UTF-8 bytes. h5py writes a Python str as a variable-length
+    string, whose bytes live in HDF5's global heap: unchecksummed, and a corrupted global heap can
+    send the HDF5 library into an endless loop when the attribute is read (found by fuzzing).
+    Fixed-length values sit in the checksummed object header instead."""
+    return np.bytes_(text.encode("utf-8"))
+
+
 def _init_layout(f: h5py.File, config: RunConfig, state, param_names, layer_names) -> None:
     f.attrs.update({
-        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "ulviz_version": _version(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": config.to_json(), "writer_pid": os.getpid(), "writer_host": socket.gethostname(),
+        "schema": _fixed(SCHEMA), "schema_version": SCHEMA_VERSION, "ulviz_version": _fixed(_version()),
+        "created": _fixed(datetime.now(timezone.utc).isoformat(timespec="seconds")),
+        "config": _fixed(config.to_json()), "writer_pid": os.getpid(), "writer_host": _fixed(socket.gethostname()),
     })
     f.create_dataset("status", data=np.bytes_("running"), dtype="S16")
     f.create_dataset("message", data=np.bytes_(""), dtype="S1024")
@@ -182,8 +190,8 @@ def _init_layout(f: h5py.File, config: RunConfig, state, param_names, layer_name
         m.create_dataset(name, shape=(0,), maxshape=(None,), chunks=(256,), dtype="i8" if name == "epoch" else "f8")
     snaps = f.create_group("snapshots")
     names = list(state)
-    snaps.attrs["names"] = json.dumps(names)
-    snaps.attrs["kinds"] = json.dumps(["param" if n in param_names else "buffer" for n in names])
+    snaps.attrs["names"] = _fixed(json.dumps(names))
+    snaps.attrs["kinds"] = _fixed(json.dumps(["param" if n in param_names else "buffer" for n in names]))
     for name, t in state.items():
         a = t.detach().cpu().numpy()
         snaps.create_dataset(name, shape=(0, *a.shape), maxshape=(None, *a.shape), chunks=(1, *a.shape) if a.size else None, dtype=a.dtype)
@@ -196,8 +204,8 @@ def _init_layout(f: h5py.File, config: RunConfig, state, param_names, layer_name
 
 def _create_sal_group(f: h5py.File, layer_names: list[str], settings) -> None:
     g = f.create_group("sal")
-    g.attrs["layers"] = json.dumps(layer_names)
-    g.attrs["settings"] = json.dumps(settings if isinstance(settings, dict) else dataclasses.asdict(settings))
+    g.attrs["layers"] = _fixed(json.dumps(layer_names))
+    g.attrs["settings"] = _fixed(json.dumps(settings if isinstance(settings, dict) else dataclasses.asdict(settings)))
     n = max(len(layer_names), 1)
     g.create_dataset("epoch", shape=(0,), maxshape=(None,), chunks=(256,), dtype="i8")
     for part in SAL_PARTS:
@@ -349,7 +357,7 @@ def write_landscape_points(path: str | Path, settings: dict, coords: list[np.nda
         root = f.require_group("landscapes")
         if key not in root:
             g = root.create_group(key)
-            g.attrs["settings"] = json.dumps(settings, sort_keys=True)
+            g.attrs["settings"] = _fixed(json.dumps(settings, sort_keys=True))
             for i, a in enumerate(coords):
                 g.create_dataset(f"coords_{i}", data=np.asarray(a, dtype=np.float64))
             g.create_dataset("loss", data=np.full(size, np.nan))
@@ -462,6 +470,10 @@ def _reader(path: Path) -> Iterator[h5py.File]:
         f = _open_swmr_read(path)
     try:
         yield f
+    except (OSError, KeyError, ValueError, TypeError, IndexError) as e:
+        # h5py's own errors while reading a damaged object (bad checksum, missing link, wrong
+        # shape): every read goes through here, so they all become one error naming the file
+        raise RunFileError(path, f"is damaged: {e}") from None
     finally:
         f.close()
 

@@ -14,6 +14,22 @@ import streamlit as st
 from .errors import UlvizError
 from .store import find_runs, open_run
 
+def page(title: str, intro: str) -> None:
+    """The page's config, title and one-paragraph introduction (call first on every page)."""
+    st.set_page_config(page_title=f"{title} · ulviz", layout="wide")
+    st.title(title)
+    st.caption(intro)
+
+
+def runs_or_stop(need_sal: bool = False, message: str = "No readable run files in the data directory.") -> dict:
+    """The readable runs of the chosen data directory; ends the page with `message` if none."""
+    runs = readable_runs(data_dir(), need_sal=need_sal)
+    if not runs:
+        st.info(message)
+        st.stop()
+    return runs
+
+
 def data_dir() -> Path:
     """The data directory chosen in the sidebar (shared by every page through the session)."""
     if "data_dir" not in st.session_state:
@@ -61,9 +77,14 @@ def readable_runs(directory: Path, need_sal: bool = False) -> dict[str, object]:
     return runs
 
 
+def clean_first(runs: dict) -> list[str]:
+    """Run names with clean runs first, then by name."""
+    return sorted(runs, key=lambda n: (runs[n].config.poison.method != "clean", n))
+
+
 def pick_runs(runs: dict, label: str, default_count: int = 2, key: str | None = None) -> list[str]:
     """A multiselect of run names, clean runs first by default."""
-    names = sorted(runs, key=lambda n: (runs[n].config.poison.method != "clean", n))
+    names = clean_first(runs)
     return st.sidebar.multiselect(label, names, default=names[:default_count], key=key)
 
 

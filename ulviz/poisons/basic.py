@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data import open_npz
 from ..errors import UlvizError
 from . import Poison, register
 
@@ -52,13 +53,7 @@ def imported(dataset, indices, g, params, ctx) -> Poison:
     if not params["path"]:
         raise UlvizError("method 'import' needs path=FILE.npz")
     path = Path(params["path"]).expanduser()
-    try:
-        f = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise UlvizError(f"{path}: no such file") from None
-    except (OSError, ValueError) as e:
-        raise UlvizError(f"{path}: not a readable .npz ({e})") from None
-    with f:
+    with open_npz(path) as f:
         key = "x_train" if "x_train" in f.files else "delta" if "delta" in f.files else None
         if key is None:
             raise UlvizError(f"{path}: expected an array 'x_train' (poisoned images) or 'delta' (perturbations)")

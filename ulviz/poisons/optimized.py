@@ -109,7 +109,6 @@ def _error_minimizing(dataset, indices, g, params, ctx, robust: bool) -> Poison:
 def _classwise_update(model, x, y, delta, eps, step, steps, bs, rho_attack):
     """Class-wise noise: each step moves a class's pattern by the sign of the loss gradient summed
     over all of that class's samples."""
-    k = delta.shape[0]
     for _ in range(steps):
         total = torch.zeros_like(delta)
         for i in range(0, len(x), bs):
