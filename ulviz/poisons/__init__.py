@@ -35,7 +35,7 @@ from ..config import PoisonConfig
 from ..data import Dataset
 from ..errors import UlvizError, UnknownNameError
 
-CACHE_VERSION = 1  # bump when a method's output changes, so stale caches are not reused
+CACHE_VERSION = 2  # bump when a method's output changes, so stale caches are not reused
 
 
 @dataclass

@@ -7,6 +7,7 @@ import math
 import torch
 from torch.nn import functional as F
 
+from ..errors import UlvizError
 from . import Poison, register
 
 
@@ -39,25 +40,39 @@ def lsp(dataset, indices, g, params, ctx) -> Poison:
           summary="Wu et al., ICLR 2023: one pixel per class set to an extreme colour, searched per class")
 def ops(dataset, indices, g, params, ctx) -> Poison:
     """For each class, the pixel position and extreme colour (each channel 0 or 1) whose deviation
-    from the class's own pixels is largest and most consistent (mean / std of |x_p - colour| over the
-    class's images); every protected image of the class gets that pixel (the `pixels` best
-    positions, each with its best colour, when more than one is allowed)."""
+    from the class's own pixels is largest and most consistent (mean / std of |x_p - colour| over
+    the class's images); every protected image of the class gets that pixel (`pixels` of them when
+    more are allowed).
+
+    Positions are assigned greedily, best score first, and a position taken by one class is not
+    given to another: on images with a constant background (digits, MNIST) every class would
+    otherwise pick the same corner in the same colour, a mark that says nothing about the class.
+    On natural images the classes' best positions differ anyway, as in the paper."""
     c, h, w = dataset.image_shape
     k_pix = int(params["pixels"])
+    if k_pix * dataset.num_classes > h * w:
+        raise UlvizError(f"ops: {k_pix} pixels for each of {dataset.num_classes} classes do not fit in {h}x{w} images")
     x = dataset.x_train.clone()
     colours = torch.cartesian_prod(*[torch.tensor([0.0, 1.0])] * c).reshape(-1, c)  # (2^c, c)
     y = dataset.y_train
-    chosen = {}
+    best_score, best_colour = {}, {}
     for k in range(dataset.num_classes):
         members = x[y == k]  # (n, c, h, w)
         if len(members) == 0:
             continue
         # deviation of every image at every position from every colour: (colours, n, h*w)
         dev = (members.reshape(1, len(members), c, h * w) - colours[:, None, :, None]).abs().mean(2)
-        score = dev.mean(1) / (dev.std(1) + 1e-6)  # (colours, h*w): large and consistent deviation
-        best_score, best_colour = score.max(0)  # best colour at each position
-        positions = best_score.topk(k_pix).indices
-        chosen[k] = [(colours[best_colour[p]], divmod(int(p), w)) for p in positions]
+        score = dev.mean(1) / (dev.std(1, unbiased=False) + 1e-6)  # (colours, h*w): large, consistent
+        best_score[k], best_colour[k] = score.max(0)  # best colour at each position
+    chosen = {k: [] for k in best_score}
+    taken: set[int] = set()
+    while any(len(v) < k_pix for v in chosen.values()):
+        # the best (class, position) still open: classes needing a pixel, positions nobody has
+        cls, pos = max(((k, int(p)) for k, v in chosen.items() if len(v) < k_pix
+                        for p in best_score[k].argsort(descending=True)[:len(taken) + k_pix]
+                        if int(p) not in taken), key=lambda kp: float(best_score[kp[0]][kp[1]]))
+        chosen[cls].append((colours[best_colour[cls][pos]], divmod(pos, w)))
+        taken.add(pos)
     for k, pixels in chosen.items():
         sel = indices[y[indices] == k]
         for colour, (i, j) in pixels:
