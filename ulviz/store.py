@@ -28,6 +28,7 @@ import json
 import os
 import socket
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -462,12 +463,7 @@ def check_run_file(path: str | Path) -> Path:
 def _reader(path: Path) -> Iterator[h5py.File]:
     """Open read-only. A file still being appended to (or whose writer died) carries HDF5's
     "open for write" flag and is opened in SWMR-read mode instead."""
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        if "already open for write" not in str(e):
-            raise RunFileError(path, f"cannot be opened as HDF5 (truncated or corrupt?): {e}") from None
-        f = _open_swmr_read(path)
+    f = _open_for_reading(path)
     try:
         yield f
     except (OSError, KeyError, ValueError, TypeError, IndexError) as e:
@@ -476,6 +472,26 @@ def _reader(path: Path) -> Iterator[h5py.File]:
         raise RunFileError(path, f"is damaged: {e}") from None
     finally:
         f.close()
+
+
+def _open_for_reading(path: Path, attempts: int = 20) -> h5py.File:
+    """Plain read-only open, else SWMR read for a file a writer holds. A writer extending the
+    file can leave its end behind the size the superblock promises for a moment ("truncated
+    file"): that is retried for about a second before the file is called truncated."""
+    for attempt in range(attempts):
+        try:
+            return h5py.File(path, "r")
+        except OSError as e:
+            message = str(e)
+        if "already open for write" in message:
+            return _open_swmr_read(path)
+        if "truncated file" not in message or attempt == attempts - 1:
+            raise RunFileError(path, f"cannot be opened as HDF5 (truncated or corrupt?): {message}")
+        try:
+            return _open_swmr_read(path)
+        except RunFileError:
+            time.sleep(0.05)
+    raise AssertionError("unreachable")
 
 
 def _open_swmr_read(path: Path) -> h5py.File:
