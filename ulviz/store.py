@@ -11,6 +11,12 @@ Layout (schema ``ulviz.run``, version 1)::
                            attrs on the group: names (JSON, model order), kinds (param|buffer)
     /sal/<part>            (rows, layers) sal, s_max, s_min, acc_drop, acc_rise; /sal/epoch (rows,)
                            attrs: layers (JSON), settings (JSON of the SAL config that filled it)
+    /resume                blob (2, n) uint8, length (2,), epoch (2,): the optimizer state saved
+                           after each epoch (torch.save bytes, read back with weights_only=True),
+                           in two alternating slots so one is always whole
+    /landscapes/<key>      cached loss landscapes, see "cached landscapes" below
+
+String attributes are stored as fixed-length bytes (see :func:`_fixed`).
 
 Every per-epoch dataset is created before the first epoch, then the file switches to SWMR mode
 (single writer, multiple readers): each epoch is appended and flushed, readers open the file with
