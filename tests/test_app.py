@@ -137,13 +137,17 @@ def test_launch_a_tiny_run_from_the_home_page(tmp_path, monkeypatch):
 
 def test_jobs_queue_cancel_and_refuse_escapes(tmp_path):
     jobs = JobManager(tmp_path, max_running=1)
-    a = jobs.launch(replace(tiny_config(epochs=200), name="long"))
+    a = jobs.launch(replace(tiny_config(epochs=100_000), name="long"))  # never ends by itself
     b = jobs.launch(replace(tiny_config(epochs=1), name="next"))
     assert a.state == "started" and b.state == "queued"  # one at a time: the second waits
     deadline = time.time() + 60
-    while time.time() < deadline and not (tmp_path / "runs" / "long.h5").exists():
-        time.sleep(0.2)
-    time.sleep(1.0)
+    while time.time() < deadline:
+        try:
+            if open_run(tmp_path / "runs" / "long.h5").epochs_done >= 1:
+                break
+        except UlvizError:
+            pass
+        time.sleep(0.1)
     jobs.cancel(a.id)
     while time.time() < deadline and jobs.get(a.id).alive():
         time.sleep(0.2)

@@ -146,11 +146,14 @@ class JobManager:
     def _start(self, job: Job) -> None:
         config_file = self.dir / f"{job.id}.config.json"
         config_file.write_text(json.dumps(job.config))
+        # the package this dashboard runs from, importable by the job even when not installed
+        package_root = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
         with open(job.log, "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "ulviz.cli", "train", "--config", str(config_file), "--out", job.out, "--quiet"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                cwd=self.data_dir)
+                cwd=self.data_dir, env=env)
         job.pid, job.state = proc.pid, "started"
         self._save(job)
 

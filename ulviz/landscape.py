@@ -14,8 +14,11 @@ Why it is fast. Grid points differ only in their weights, so the work that does 
 them is done once: the unperturbed stages before the first perturbed one run once over the data,
 and the first perturbed stage, if it is a Linear or Conv layer, is linear in its weights, so its
 output at (α, β) is ``r0 + α·r_d + β·r_e`` with three responses computed once. The remaining
-stages run for many grid points at a time with ``torch.func.functional_call`` under ``vmap``,
-chunked to a memory budget. The caller's model is never modified.
+stages run for many grid points at a time: as batched matrix products when only Linear layers and
+activations are left, with ``torch.func.functional_call`` under ``vmap`` on a GPU, or in a loop over
+points on the CPU (see :class:`_Evaluator`). All of it happens on a private copy of the model; the
+caller's model is never modified. A plane's directions use seeds `seed` and `seed + 1`, so a line
+with the same seed runs along the plane's first axis.
 """
 from __future__ import annotations
 
