@@ -558,6 +558,9 @@ def _read_run(path: Path, f: h5py.File) -> Run:
         if required not in f:
             raise RunFileError(path, f"is missing {required!r}")
     config = RunConfig.from_json(_as_str(f.attrs["config"]))
+    # status before rows: the writer flushes an epoch's rows before it marks the run complete, so
+    # a reader racing it must look in the same order to never see "complete" with an epoch missing
+    status, message = _scalar_str(f["status"]), _scalar_str(f["message"])
 
     snaps = f["snapshots"]
     tensor_names = _json_attr(snaps, "names")
@@ -576,11 +579,10 @@ def _read_run(path: Path, f: h5py.File) -> Run:
     if any(v.ndim != 2 or v.shape[1] != len(layers) for v in sal.values()):
         raise RunFileError(path, f"SAL arrays do not have one column per layer ({len(layers)})")
 
-    status = _scalar_str(f["status"])
     if status == "running" and not writer_alive(path):
         status = "interrupted"
     return Run(
-        path=path, config=config, status=status, message=_scalar_str(f["message"]), metrics=metrics,
+        path=path, config=config, status=status, message=message, metrics=metrics,
         tensor_names=tensor_names, param_names=[t for t, k in zip(tensor_names, kinds) if k == "param"],
         layer_names=layers, sal_epochs=np.array(g["epoch"][:rows], dtype=int), sal=sal,
         sal_settings=json.loads(_as_str(g.attrs.get("settings", "{}"))),
