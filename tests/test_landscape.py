@@ -238,3 +238,18 @@ def test_cli_landscape_and_paths(two_runs, tmp_path, capsys):
     assert main(["landscape", str(path), "--range", "1", "--quiet"]) == 2
     assert main(["landscape", str(tmp_path / "missing.h5")]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_classes_major_loss_matches_cross_entropy_and_argmax_even_at_ties():
+    from ulviz.landscape import _loss_and_correct_classes_major
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 40, generator=g)  # (points, classes, samples)
+    y = torch.randint(0, 5, (40,), generator=g)
+    logits[0, :, :10] = 1.0  # all classes tied: argmax picks class 0
+    logits[1, 2, 10:20] = logits[1, 4, 10:20] = 9.0  # classes 2 and 4 tied at the top
+    loss, correct = _loss_and_correct_classes_major(logits.clone(), y)
+    for p in range(3):
+        expect_loss = F.cross_entropy(logits[p].t(), y, reduction="sum")
+        expect_correct = (logits[p].t().argmax(1) == y).sum()
+        assert loss[p].item() == pytest.approx(expect_loss.item(), rel=1e-6)
+        assert correct[p].item() == expect_correct.item()
