@@ -19,8 +19,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ulviz import DataConfig, ModelConfig, PoisonConfig, RunConfig, SALConfig, TrainConfig, create_model, load_dataset, train
-from ulviz.data import Dataset
+from ulviz import DataConfig, ModelConfig, PoisonConfig, RunConfig, TrainConfig, create_model, load_dataset, train
 from ulviz.sal import layer_sal, plain_loop_sal
 from ulviz.ud import unlearnable_distance
 
@@ -34,11 +33,15 @@ def timed(fn, repeat=1):
     return best, out
 
 
-def speed_row(label, model, x, y, iters, batch_size):
+def speed_row(label, model, x, y, iters, batch_size, device="cpu"):
     kw = dict(iters=iters, batch_size=batch_size)
+    dev = torch.device(device)
+    model, x, y = model.to(dev), x.to(dev), y.to(dev)
+    if dev.type == "cuda":  # warm-up: the first kernels of a process pay for their loading
+        layer_sal(model, (x[:batch_size], y[:batch_size]), device=dev, iters=1)
     t_plain, plain = timed(lambda: plain_loop_sal(model, x, y, **kw))
-    t_exact, exact = timed(lambda: layer_sal(model, (x, y), device="cpu", **kw))
-    t_fast, fast = timed(lambda: layer_sal(model, (x, y), estimator="fast", subset=len(x), device="cpu", **kw))
+    t_exact, exact = timed(lambda: layer_sal(model, (x, y), device=dev, **kw))
+    t_fast, fast = timed(lambda: layer_sal(model, (x, y), estimator="fast", subset=len(x), device=dev, **kw))
     def diff(parts):
         return max(abs(getattr(exact[k], p) - getattr(plain[k], p)) for k in plain for p in parts)
     # float32: the ascent amplifies last-bit differences (batched vs per-sample conv kernels), so a
@@ -64,6 +67,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--device", default="cpu", help="where the speed table is measured (cpu, cuda, mps)")
+    p.add_argument("--resnet-samples", type=int, default=64, help="size of the resnet18 case's data")
+    p.add_argument("--speed-only", action="store_true", help="skip the fidelity and UD tables")
     args = p.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     epochs = args.epochs or (4 if args.quick else 15)
@@ -78,8 +84,9 @@ def main():
     ds = load_dataset("digits")
     lenet = create_model("lenet5", ds.image_shape, 10)
     lenet.load_state_dict(snaps[-1])
-    rows = [speed_row("lenet5 / digits (train set)", lenet, ds.x_train, ds.y_train, iters=10, batch_size=256)]
-    xr, yr = resnet_set(32 if args.quick else 64)
+    rows = [speed_row("lenet5 / digits (train set)", lenet, ds.x_train, ds.y_train, iters=10, batch_size=256,
+                      device=args.device)]
+    xr, yr = resnet_set(32 if args.quick else args.resnet_samples)
     torch.manual_seed(0)
     resnet = create_model("resnet18", (3, 32, 32), 10, width=16)
     opt = torch.optim.SGD(resnet.parameters(), lr=0.05, momentum=0.9)
@@ -87,9 +94,12 @@ def main():
         opt.zero_grad()
         F.cross_entropy(resnet(xr), yr).backward()
         opt.step()
-    rows.append(speed_row("resnet18(w16) / digits@32x32", resnet, xr, yr, iters=2 if args.quick else 10, batch_size=32))
-    print("\n== SAL speed on the CPU (seconds; speed-ups over the plain per-layer loop) ==")
+    rows.append(speed_row("resnet18(w16) / digits@32x32", resnet, xr, yr, iters=2 if args.quick else 10, batch_size=32,
+                          device=args.device))
+    print(f"\n== SAL speed on {args.device} (seconds; speed-ups over the plain per-layer loop) ==")
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    if args.speed_only:
+        return
 
     # --- fidelity and UD over whole runs -------------------------------------------------------
     methods = [("clean", PoisonConfig("clean")), ("random-sample", PoisonConfig("random", params={"mode": "sample"})),
@@ -99,7 +109,7 @@ def main():
     for name, poison in methods:
         cfg = replace(base, name=name, poison=poison)
         snaps = []
-        result = train(cfg, callbacks=[lambda c: snaps.append({k: v.clone() for k, v in c.model.state_dict().items()})])
+        train(cfg, callbacks=[lambda c: snaps.append({k: v.clone() for k, v in c.model.state_dict().items()})])
         data = load_dataset("digits")
         from ulviz.poisons import make_poison
         xtr = make_poison(poison, data).x_train

@@ -1,0 +1,60 @@
+"""The GPU paths against independent CPU computations. Skipped where there is no CUDA device
+(CI has none); run them on a machine with one: `python -m pytest tests/test_gpu.py`."""
+from dataclasses import replace
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from test_landscape import _loss_by_hand, _model
+from test_sal import _trained, reference_sal
+from ulviz import PoisonConfig, SALConfig, load_dataset, open_run, train
+from ulviz import landscape as L
+from ulviz.poisons import make_poison
+from ulviz.sal import layer_sal
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("name, width", [("lenet5", None), ("mlp", 32), ("cnn", 4)])
+def test_exact_sal_on_gpu_equals_the_plain_loop_on_cpu(name, width):
+    model = _trained(name, width=width)  # float64, so the two devices agree to rounding
+    ds = load_dataset("synthetic", train_limit=200)
+    x, y = ds.x_train.double(), ds.y_train
+    ours = layer_sal(model, (x, y), iters=3, lr_min=0.5, lr_max=0.5, eps=0.05, batch_size=64, device="cuda")
+    ref = reference_sal(model, x, y, iters=3, lr=0.5, eps=0.05, batch_size=64)
+    assert next(model.parameters()).device.type == "cpu"  # the caller's model stays where it was
+    for layer, r in ref.items():
+        for part, value in r.items():
+            assert abs(getattr(ours[layer], part) - value) <= 1e-5, (layer, part)
+
+
+@pytest.mark.parametrize("name, width", [("mlp", 16), ("lenet5", None), ("cnn", 4)])
+def test_plane_on_gpu_equals_hand_loaded_weights_on_cpu(name, width):
+    model, x, y = _model(name, width=width)
+    land = L.plane(model, (x, y), resolution=5, span=0.5, seed=3, device="cuda")
+    d, e = land.directions
+    for i, j in [(0, 4), (2, 2), (4, 0), (3, 1)]:
+        a, b = land.coords[0][i], land.coords[1][j]
+        loss, acc = _loss_by_hand(model, x, y, {n: a * d[n] + b * e[n] for n in d})
+        assert land.loss[i, j] == pytest.approx(loss, abs=1e-8)
+        assert land.acc[i, j] == pytest.approx(acc)
+
+
+def test_training_with_sal_on_gpu_matches_cpu(tmp_path):
+    cfg = replace(tiny_config(epochs=2), sal=SALConfig(estimator="exact", subset=64, iters=2))
+    gpu = train(replace(cfg, train=replace(cfg.train, device="cuda")), out=tmp_path / "gpu.h5")
+    cpu = train(cfg, out=tmp_path / "cpu.h5")
+    g, c = open_run(tmp_path / "gpu.h5"), open_run(tmp_path / "cpu.h5")
+    assert g.status == c.status == "complete"
+    # float32 kernels differ between devices, so the two runs agree closely, not bit for bit
+    assert abs(g.metrics["train_loss"].iloc[-1] - c.metrics["train_loss"].iloc[-1]) < 1e-2
+    assert g.sal["sal"].shape == c.sal["sal"].shape
+    assert gpu.history[-1]["epoch"] == cpu.history[-1]["epoch"] == 2
+
+
+def test_em_poison_on_gpu_keeps_its_budget():
+    ds = load_dataset("synthetic", train_limit=128)
+    p = make_poison(PoisonConfig("em", params={"max_rounds": 2}), ds, cache=False, device="cuda")
+    assert (p.x_train - ds.x_train).abs().max().item() <= 8 / 255 + 1e-6
+    assert p.x_train.device.type == "cpu"
