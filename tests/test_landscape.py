@@ -241,13 +241,13 @@ def test_cli_landscape_and_paths(two_runs, tmp_path, capsys):
 
 
 def test_classes_major_loss_matches_cross_entropy_and_argmax_even_at_ties():
-    from ulviz.landscape import _loss_and_correct_classes_major
+    from ulviz.landscape import _loss_and_correct
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 5, 40, generator=g)  # (points, classes, samples)
     y = torch.randint(0, 5, (40,), generator=g)
     logits[0, :, :10] = 1.0  # all classes tied: argmax picks class 0
     logits[1, 2, 10:20] = logits[1, 4, 10:20] = 9.0  # classes 2 and 4 tied at the top
-    loss, correct = _loss_and_correct_classes_major(logits.clone(), y)
+    loss, correct = _loss_and_correct(logits.clone(), y)
     for p in range(3):
         expect_loss = F.cross_entropy(logits[p].t(), y, reduction="sum")
         expect_correct = (logits[p].t().argmax(1) == y).sum()

@@ -217,15 +217,15 @@ class _Evaluator:
                         for local, v in params.items():
                             self.rest_params[local].copy_(v[j])
                         logits = self.rest(self._inputs(b, c[j:j + 1])[0])
-                        l, a = _loss_and_correct(logits.unsqueeze(0), yb)
+                        l, a = _loss_and_correct(logits.t().unsqueeze(0), yb)
                         loss_sum[j] += l[0]
                         correct[j] += a[0]
                     continue
                 inp = self._inputs(b, c)
                 if self.mode == "dense":
-                    l, a = _loss_and_correct_classes_major(self._dense(params, inp), yb)
+                    l, a = _loss_and_correct(self._dense(params, inp), yb)
                 else:
-                    l, a = _loss_and_correct(self._vmapped(params, inp), yb)
+                    l, a = _loss_and_correct(self._vmapped(params, inp).transpose(1, 2), yb)
                 loss_sum += l
                 correct += a
         n = len(self.y)
@@ -273,18 +273,10 @@ class _Evaluator:
 
 def _loss_and_correct(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy and number of correct predictions per point, for logits of shape
-    (points, samples, classes). logsumexp minus the true logit: the same value as
-    ``F.cross_entropy(..., reduction="sum")``, about three times faster on many rows."""
-    picked = logits.gather(2, y.view(1, -1, 1).expand(len(logits), -1, 1)).squeeze(2)
-    loss = torch.logsumexp(logits, -1).double().sum(1) - picked.double().sum(1)
-    return loss, (logits.argmax(-1) == y).double().sum(1)
-
-
-def _loss_and_correct_classes_major(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`_loss_and_correct` for logits of shape (points, classes, samples), the layout the
-    dense stages produce. Reductions over the class axis run along contiguous samples here, and
-    argmax along a strided axis is slow, so a sample counts as correct when its true logit is the
-    only maximum; exact ties (rare) fall back to argmax, whose first-maximum rule decides them."""
+    (points, classes, samples): the layout the dense stages produce (other modes pass a transposed
+    view). logsumexp minus the true logit gives ``F.cross_entropy(..., reduction="sum")``. Argmax
+    along a strided axis is slow, so a sample counts as correct when its true logit is the only
+    maximum; exact ties (rare) fall back to argmax, whose first-maximum rule decides them."""
     k, _, s = logits.shape
     top = logits.amax(1, keepdim=True)
     lse = (logits - top).exp_().sum(1).log_().add_(top.squeeze(1))
