@@ -56,7 +56,7 @@ def test_plane_points_equal_hand_loaded_weights(monkeypatch, name, width, mode):
     monkeypatch.setattr(L, "_FORCE_MODE", mode)
     model, x, y = _model(name, width=width)
     before = _state(model)
-    land = L.plane(model, (x, y), resolution=5, span=0.5, seed=3, batch_size=40)
+    land = L.plane(model, (x, y), resolution=5, span=0.5, seed=3, batch_size=27)  # 3 batches, 2 padded
     assert _identical(model, before)
     d, e = land.directions
     with torch.no_grad():
@@ -243,13 +243,18 @@ def test_cli_landscape_and_paths(two_runs, tmp_path, capsys):
 def test_classes_major_loss_matches_cross_entropy_and_argmax_even_at_ties():
     from ulviz.landscape import _loss_and_correct
     g = torch.Generator().manual_seed(0)
-    logits = torch.randn(3, 5, 40, generator=g)  # (points, classes, samples)
-    y = torch.randint(0, 5, (40,), generator=g)
-    logits[0, :, :10] = 1.0  # all classes tied: argmax picks class 0
-    logits[1, 2, 10:20] = logits[1, 4, 10:20] = 9.0  # classes 2 and 4 tied at the top
-    loss, correct = _loss_and_correct(logits.clone(), y)
+    logits = torch.randn(2, 3, 5, 40, generator=g)  # (batches, points, classes, samples)
+    y = torch.randint(0, 5, (2, 40), generator=g)
+    logits[0, 0, :, :10] = 1.0  # all classes tied: argmax picks class 0
+    logits[1, 1, 2, 10:20] = logits[1, 1, 4, 10:20] = 9.0  # classes 2 and 4 tied at the top
+    logits[1, 2, :, 30:] = float("inf")  # padding may overflow; it must not leak into the sums
+    valid = torch.ones(2, 40, dtype=torch.bool)
+    valid[1, 30:] = False
+    loss, correct = _loss_and_correct(logits.clone(), y, valid)
     for p in range(3):
-        expect_loss = F.cross_entropy(logits[p].t(), y, reduction="sum")
-        expect_correct = (logits[p].t().argmax(1) == y).sum()
-        assert loss[p].item() == pytest.approx(expect_loss.item(), rel=1e-6)
-        assert correct[p].item() == expect_correct.item()
+        flat = torch.cat([logits[0, p], logits[1, p, :, :30]], 1).t()  # (samples, classes), padding dropped
+        labels = torch.cat([y[0], y[1, :30]])
+        assert loss[p].item() == pytest.approx(F.cross_entropy(flat, labels, reduction="sum").item(), rel=1e-6)
+        assert correct[p].item() == (flat.argmax(1) == labels).sum().item()
+
+

@@ -154,8 +154,19 @@ class _Evaluator:
         # 256 samples, 32 MB of activations per chunk, 1.3x faster than 16 MB and than 64 MB);
         # elsewhere large batches keep the device busy
         self.batch = batch_size or (256 if self.mode == "dense" and on_cpu else 2048)
+        # equal batches, the last one padded (its padding masked out of the loss): the logits of a
+        # chunk then fill one (batches, points, classes, samples) buffer and the loss is one call
+        n = len(x)
+        nb = math.ceil(n / self.batch)
+        self.batch = math.ceil(n / nb)
+        pad = nb * self.batch - n
+        self.n = n
+        self.y = F.pad(y.to(device), (0, pad)).view(nb, self.batch)
+        self.valid = None if pad == 0 else (torch.arange(nb * self.batch, device=device) < n).view(nb, self.batch)
         with torch.no_grad():  # the stages before the first perturbed one: once, for every point
-            self.h = [_run(stages[:first], x[i:i + self.batch].to(device, dtype)) for i in range(0, len(x), self.batch)]
+            xs = x.to(device, dtype)
+            xs = torch.cat([xs, xs.new_zeros(pad, *xs.shape[1:])]) if pad else xs
+            self.h = [_run(stages[:first], xs[i:i + self.batch]) for i in range(0, len(xs), self.batch)]
             if self.mode == "dense" and (self.h[0].dim() != 2 or not dense):
                 self.mode = "vmap" if device.type == "cuda" else "loop"
             if self.linear_head:
@@ -172,23 +183,30 @@ class _Evaluator:
         self.rest_fixed.update(dict(self.rest.named_buffers()))
         self.origin = {n: origin[n].to(device, dtype) for n in self.rest_names.values()}
         self.rest_params = dict(self.rest.named_parameters())
+        self.dense_stages = [(name, m) for name, m in self.rest.named_modules()
+                             if isinstance(m, (nn.Linear, *_ELEMENTWISE)) and not isinstance(m, (nn.Identity, nn.Dropout))]
         budget = memory_bytes or (32 << 20 if on_cpu else 1 << 30)
-        self.chunk = 32 if self.mode == "loop" else self._points_per_chunk(budget)
-        self._scratch: torch.Tensor | None = None  # the inputs of the remaining stages, reused per chunk
+        per_point, self.classes = self._per_point()
+        self.chunk = 32 if self.mode == "loop" else max(1, min(1024, budget // per_point))
+        # reused per chunk: fresh buffers this size cost more in page faults than the arithmetic
+        self._scratch: torch.Tensor | None = None  # the inputs of the remaining stages
+        self._bases: list | None = None  # per batch: (row, the part of those inputs shared along it)
+        self._logits: torch.Tensor | None = None  # (batches, points, classes, samples)
 
-    def _points_per_chunk(self, memory_bytes: int) -> int:
-        """Grid points per batched call: as many as the activations of one data batch allow."""
+    def _per_point(self) -> tuple[int, int]:
+        """Bytes of activations one grid point needs (all stages of one data batch, the logits of
+        every batch), with room for temporaries; and the number of classes."""
         h = self.responses[0][0] if self.linear_head else self.h[0]
         if self.mode == "dense" and self.linear_head:
             h = h.t()
         with torch.no_grad():
-            per_point = h.numel()
+            numel = h.numel()
             out = h[:1]
             for stage in self.rest:
                 out = stage(out)
-                per_point += out[0].numel() * len(h)
-        per_point *= h.element_size() * 2
-        return max(1, min(1024, memory_bytes // max(per_point, 1)))
+                numel += out[0].numel() * len(h)
+        numel += out[0].numel() * len(h) * (len(self.h) - 1)
+        return numel * h.element_size() * 2, out.shape[-1]
 
     def __call__(self, coords: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Loss and accuracy at each row of `coords` (points, directions)."""
@@ -203,63 +221,83 @@ class _Evaluator:
         k = len(c)
         params = {local: _combine(c, torch.stack([d[full] for d in self.dirs]), base=self.origin[full])
                   for local, full in self.rest_names.items()}
-        loss_sum = torch.zeros(k, dtype=torch.float64, device=self.device)
-        correct = torch.zeros(k, dtype=torch.float64, device=self.device)
-        start = 0
+        rows = _rows(c)
+        shape = (len(self.h), max(k, self.chunk), self.classes, self.batch)
+        if self._logits is None or self._logits.shape != shape:
+            self._logits = torch.empty(shape, dtype=self.dtype, device=self.device)
+        logits = self._logits[:, :k]  # (batches, points, classes, samples)
         with torch.no_grad():
-            for b, h in enumerate(self.h):
-                yb = self.y[start:start + len(h)]
-                start += len(h)
+            for b in range(len(self.h)):
                 if self.mode == "loop":
                     for j in range(k):
                         # the point's weights written into our private copy: cheaper than a
                         # functional_call per point, and the caller's model is a different object
                         for local, v in params.items():
                             self.rest_params[local].copy_(v[j])
-                        logits = self.rest(self._inputs(b, c[j:j + 1])[0])
-                        l, a = _loss_and_correct(logits.t().unsqueeze(0), yb)
-                        loss_sum[j] += l[0]
-                        correct[j] += a[0]
-                    continue
-                inp = self._inputs(b, c)
-                if self.mode == "dense":
-                    l, a = _loss_and_correct(self._dense(params, inp), yb)
+                        logits[b, j] = self.rest(self._inputs(b, c[j:j + 1], [(0, 1)])[0]).t()
+                elif self.mode == "dense":  # written straight into the logits buffer
+                    self._dense(params, self._inputs(b, c, rows, out=logits[b]), out=logits[b])
                 else:
-                    l, a = _loss_and_correct(self._vmapped(params, inp).transpose(1, 2), yb)
-                loss_sum += l
-                correct += a
-        n = len(self.y)
-        return (loss_sum / n).cpu().numpy(), (correct / n).cpu().numpy()
+                    logits[b] = self._vmapped(params, self._inputs(b, c, rows)).transpose(1, 2)
+            loss, correct = _loss_and_correct(logits, self.y, self.valid)
+        return (loss / self.n).cpu().numpy(), (correct / self.n).cpu().numpy()
 
-    def _inputs(self, b: int, c: torch.Tensor) -> torch.Tensor:
-        """The input of the remaining stages at each point of `c`: (points, *batch shape)."""
+    def _inputs(self, b: int, c: torch.Tensor, rows: list[tuple[int, int]],
+                out: torch.Tensor | None = None) -> torch.Tensor:
+        """The input of the remaining stages at each point of `c`: (points, *batch shape), written
+        into `out` when no stages remain (then it is the logits) and our scratch buffer otherwise.
+
+        For a linear head that is r0 + Σ_j c_j·r_j. Points of one grid row share every coordinate
+        but the last, so the shared part is formed once per row and each point adds only its last
+        term: one pass over the (large) output per point instead of one per direction."""
         if self.linear_head:
             r0, r = self.responses[b]
             need = len(c) * r0.numel()
-            if self._scratch is None or self._scratch.numel() < need:
-                self._scratch = torch.empty(need, dtype=r0.dtype, device=r0.device)
-            return _combine(c, r, base=r0, out=self._scratch[:need])
+            if len(self.rest) == 0 and out is not None:
+                out = out.view(len(c), -1)
+            else:
+                if self._scratch is None or self._scratch.numel() < need:
+                    self._scratch = torch.empty(need, dtype=r0.dtype, device=r0.device)
+                out = self._scratch[:need].view(len(c), -1)
+            last = r[-1].reshape(1, -1)
+            for start, stop in rows:
+                base = r0 if len(r) == 1 else self._row_base(b, c[start, :-1])
+                torch.addcmul(base.reshape(1, -1), c[start:stop, -1:], last, out=out[start:stop])
+            return out.view(len(c), *r0.shape)
         h = self.h[b]
         if self.mode == "dense":
             h = h.t()
         return h.unsqueeze(0).expand(len(c), *h.shape)
 
-    def _dense(self, params: dict, h: torch.Tensor) -> torch.Tensor:
+    def _row_base(self, b: int, lead: torch.Tensor) -> torch.Tensor:
+        """r0 + Σ c_j·r_j over all directions but the last, for batch `b`; kept per batch, since the
+        next chunk usually goes on along the same grid row."""
+        key = tuple(lead.tolist())
+        if self._bases is None:
+            self._bases = [None] * len(self.h)
+        if self._bases[b] is None or self._bases[b][0] != key:
+            r0, r = self.responses[b]
+            out = self._bases[b][1] if self._bases[b] is not None else torch.empty_like(r0)
+            self._bases[b] = key, _combine(lead.view(1, -1), r[:-1], base=r0, out=out)[0]
+        return self._bases[b][1]
+
+    def _dense(self, params: dict, h: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """Linear layers and activations on features-major inputs (points, features, samples);
-        returns logits classes-major (points, classes, samples)."""
-        if len(self.rest) == 0:
-            return h
+        the logits, classes-major (points, classes, samples), end in `out`."""
         k = len(h)
-        for name, m in self.rest.named_modules():
+        for i, (name, m) in enumerate(self.dense_stages):
+            target = out if i == len(self.dense_stages) - 1 else None  # the last one writes the logits in place
             if isinstance(m, nn.Linear):
                 w = params.get(f"{name}.weight", m.weight.expand(k, *m.weight.shape))
                 bias = params.get(f"{name}.bias", None if m.bias is None else m.bias.expand(k, *m.bias.shape))
-                h = torch.bmm(w, h) if bias is None else torch.baddbmm(bias.unsqueeze(2), w, h)
+                h = torch.bmm(w, h, out=target) if bias is None else torch.baddbmm(bias.unsqueeze(2), w, h, out=target)
             elif isinstance(m, nn.ReLU):
                 h = h.relu_() if h.is_contiguous() else h.relu()
-            elif isinstance(m, _ELEMENTWISE) and not isinstance(m, (nn.Identity, nn.Dropout)):
+            else:
                 h = m(h)
-        return h
+        if h.data_ptr() != out.data_ptr():
+            out.copy_(h)
+        return out
 
     def _vmapped(self, params: dict, inp: torch.Tensor) -> torch.Tensor:
         if len(self.rest) == 0:
@@ -271,22 +309,42 @@ class _Evaluator:
         return vmap(one)(params, inp)
 
 
-def _loss_and_correct(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _loss_and_correct(logits: torch.Tensor, y: torch.Tensor,
+                      valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy and number of correct predictions per point, for logits of shape
-    (points, classes, samples): the layout the dense stages produce (other modes pass a transposed
-    view). logsumexp minus the true logit gives ``F.cross_entropy(..., reduction="sum")``. Argmax
-    along a strided axis is slow, so a sample counts as correct when its true logit is the only
-    maximum; exact ties (rare) fall back to argmax, whose first-maximum rule decides them."""
-    k, _, s = logits.shape
-    top = logits.amax(1, keepdim=True)
-    lse = (logits - top).exp_().sum(1).log_().add_(top.squeeze(1))
-    picked = logits.gather(1, y.view(1, 1, -1).expand(k, 1, s)).squeeze(1)
-    is_top = picked == top.squeeze(1)
-    tied = (logits == top).sum(1) > 1
-    correct = is_top & ~tied
-    if (is_top & tied).any():
-        correct = torch.where(is_top & tied, logits.argmax(1) == y, correct)
-    return lse.double().sum(1) - picked.double().sum(1), correct.double().sum(1)
+    (batches, points, classes, samples) with labels `y` (batches, samples) and an optional mask
+    `valid` of the samples that count (padding does not). logsumexp minus the true logit gives
+    ``F.cross_entropy(..., reduction="sum")``.
+
+    Argmax along a strided axis is slow, so a sample counts as correct when its true logit is the
+    maximum and no other class ties it; argmax's first-maximum rule decides exact ties. Every
+    maximum adds exp(0) = 1 to the softmax denominator, so a tie needs a denominator of at least
+    2: only those samples are checked."""
+    nb, k, _, s = logits.shape
+    top = logits.amax(2, keepdim=True)
+    sumexp = (logits - top).exp_().sum(2)
+    top = top.squeeze(2)
+    labels = y.view(nb, 1, s).expand(nb, k, s)
+    picked = logits.gather(2, labels.unsqueeze(2)).squeeze(2)
+    correct = picked == top
+    maybe = (correct & (sumexp >= 2)).nonzero(as_tuple=True)
+    if len(maybe[0]):
+        candidates = logits[maybe[0], maybe[1], :, maybe[2]]  # (samples, classes)
+        tied = (candidates == top[maybe].unsqueeze(1)).sum(1) > 1
+        correct[maybe] = ~tied | (candidates.argmax(1) == labels[maybe])
+    per_sample = sumexp.log_().add_(top).sub_(picked)
+    if valid is not None:  # where, not a product: padding far out on a grid may overflow to inf
+        per_sample.masked_fill_(~valid.unsqueeze(1), 0)
+        correct &= valid.unsqueeze(1)
+    return per_sample.sum((0, 2), dtype=torch.float64), correct.sum((0, 2), dtype=torch.float64)
+
+
+def _rows(c: torch.Tensor) -> list[tuple[int, int]]:
+    """(start, stop) of the runs of consecutive points that share every coordinate but the last."""
+    lead = c[:, :-1].cpu()
+    breaks = ((lead[1:] != lead[:-1]).any(1).nonzero().flatten() + 1).tolist() if lead.shape[1] else []
+    edges = [0, *breaks, len(c)]
+    return list(zip(edges[:-1], edges[1:]))
 
 
 class _MaxPool2x2(nn.Module):
