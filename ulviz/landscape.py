@@ -150,10 +150,13 @@ class _Evaluator:
         dense = all(isinstance(m, (nn.Linear, *_ELEMENTWISE)) for m in mods) and (not self.linear_head or isinstance(head, nn.Linear))
         self.mode = _FORCE_MODE or ("dense" if dense else "vmap" if device.type == "cuda" else "loop")
         on_cpu = device.type == "cpu"
-        # dense work on the CPU goes in blocks that stay near its caches (measured on the mlp:
-        # 256 samples, 32 MB of activations per chunk, 1.3x faster than 16 MB and than 64 MB);
-        # elsewhere large batches keep the device busy
-        self.batch = batch_size or (256 if self.mode == "dense" and on_cpu else 2048)
+        # dense work on the CPU goes in blocks that stay near its caches: a batch's widest
+        # activation about 512 KB per point (the mlp: 256 samples, 1.3x faster than 1 MB; a linear
+        # model: all samples at once), 32 MB of activations per chunk (1.3x faster than 16 or 64 MB
+        # on the mlp); elsewhere large batches keep the device busy
+        widest = max([m.out_features for m in (head, *self.rest.modules()) if isinstance(m, nn.Linear)], default=1)
+        self.batch = batch_size or (min(4096, max(256, (128 << 10) // widest)) if self.mode == "dense" and on_cpu
+                                    else 2048)
         # equal batches, the last one padded (its padding masked out of the loss): the logits of a
         # chunk then fill one (batches, points, classes, samples) buffer and the loss is one call
         n = len(x)
@@ -182,6 +185,7 @@ class _Evaluator:
         self.rest_fixed = {n: p for n, p in self.rest.named_parameters() if names[id(p)] not in moving}
         self.rest_fixed.update(dict(self.rest.named_buffers()))
         self.origin = {n: origin[n].to(device, dtype) for n in self.rest_names.values()}
+        self.rest_dirs = {local: torch.stack([d[full] for d in self.dirs]) for local, full in self.rest_names.items()}
         self.rest_params = dict(self.rest.named_parameters())
         self.dense_stages = [(name, m) for name, m in self.rest.named_modules()
                              if isinstance(m, (nn.Linear, *_ELEMENTWISE)) and not isinstance(m, (nn.Identity, nn.Dropout))]
@@ -219,7 +223,7 @@ class _Evaluator:
 
     def _chunk(self, c: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         k = len(c)
-        params = {local: _combine(c, torch.stack([d[full] for d in self.dirs]), base=self.origin[full])
+        params = {local: _combine(c, self.rest_dirs[local], base=self.origin[full])
                   for local, full in self.rest_names.items()}
         rows = _rows(c)
         shape = (len(self.h), max(k, self.chunk), self.classes, self.batch)
