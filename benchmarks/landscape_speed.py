@@ -34,7 +34,7 @@ def main():
     p.add_argument("--resolution", type=int, default=41)
     p.add_argument("--models", default="linear,mlp,lenet5")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
     try:
         import loss_landscapes
