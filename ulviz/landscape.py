@@ -13,12 +13,14 @@ averages, so a grid shows the loss of the network as it would be used, not of a 
 Why it is fast. Grid points differ only in their weights, so the work that does not depend on
 them is done once: the unperturbed stages before the first perturbed one run once over the data,
 and the first perturbed stage, if it is a Linear or Conv layer, is linear in its weights, so its
-output at (α, β) is ``r0 + α·r_d + β·r_e`` with three responses computed once. The remaining
-stages run for many grid points at a time: as batched matrix products when only Linear layers and
-activations are left, with ``torch.func.functional_call`` under ``vmap`` on a GPU, or in a loop over
-points on the CPU (see :class:`_Evaluator`). All of it happens on a private copy of the model; the
-caller's model is never modified. A plane's directions use seeds `seed` and `seed + 1`, so a line
-with the same seed runs along the plane's first axis.
+output at (α, β) is ``r0 + α·r_d + β·r_e`` with three responses computed once; the points of one
+grid row share ``r0 + α·r_d``, so each adds one term. The remaining stages run for many grid
+points at a time: as batched matrix products when only Linear layers and activations are left,
+with ``torch.func.functional_call`` under ``vmap`` on a GPU, or in a loop over points on the CPU
+(see :class:`_Evaluator`); the loss of a chunk of points is one call over all its batches. All
+of it happens on a private copy of the model; the caller's model is never modified. A plane's
+directions use seeds `seed` and `seed + 1`, so a line with the same seed runs along the plane's
+first axis.
 """
 from __future__ import annotations
 
