@@ -131,6 +131,21 @@ def test_coarse_points_come_first_and_are_part_of_the_grid():
     assert np.allclose(coarse.loss, small.loss, atol=1e-12)
 
 
+def test_points_in_any_order_and_chunking_match_the_grid():
+    """Rows share their first-direction term (cached per batch): points that come shuffled, in
+    chunks that split and revisit rows, over padded batches, must give the grid's values."""
+    model, x, y = _model("mlp", width=16)
+    land = L.plane(model, (x, y), resolution=7, span=0.8)
+    mesh = np.stack([m.ravel() for m in np.meshgrid(*land.coords, indexing="ij")], axis=1)
+    order = np.random.default_rng(0).permutation(len(mesh))
+    ev = L._Evaluator(model, L._params(model), land.directions, x, y, batch_size=25,
+                      device=torch.device("cpu"), memory_bytes=1)  # one point per chunk at first...
+    ev.chunk = 5  # ...then five: chunks with two or three rows each
+    loss, acc = ev(torch.from_numpy(mesh[order]))
+    assert np.allclose(loss, land.loss.ravel()[order], atol=1e-12)
+    assert np.array_equal(acc, land.acc.ravel()[order])
+
+
 def test_known_points_are_not_recomputed():
     model, x, y = _model("mlp", width=16)
     full = L.plane(model, (x, y), resolution=5)
