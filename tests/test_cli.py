@@ -1,5 +1,8 @@
+import os
 import subprocess
 import sys
+
+import pytest
 
 from ulviz import open_run
 from ulviz.cli import main
@@ -29,3 +32,18 @@ def test_errors_are_one_line_exit_2(tmp_path):
                            str(tmp_path / "x.h5"), "--quiet"], capture_output=True, text=True)
     assert proc.returncode == 2 and "--data-dir" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "x.h5").exists()
+
+
+@pytest.mark.parametrize("unbuffered", ["1", ""])
+def test_output_into_a_closed_pipe_is_not_a_traceback(unbuffered):
+    """`ulviz list | head -1`: the reader is gone before we write; we stop quietly, whether the
+    output is written as printed or buffered to the end."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = unbuffered
+    proc = subprocess.Popen([sys.executable, "-m", "ulviz.cli", "list"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # before the interpreter has even imported torch
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0
+    assert "Traceback" not in err and "BrokenPipe" not in err

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -365,13 +366,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {"train": _train, "info": _info, "list": _list, "sal": _sal, "ud": _ud, "demo": _demo,
                     "poison": _poison, "landscape": _landscape, "paths": _paths}
-        return commands[args.command](args)
+        rc = commands[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows up here, in our handler, rather than at exit
+        return rc
     except UlvizError as e:
         print(f"ulviz: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ulviz: cancelled", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`ulviz info RUN | head`): not an error of ours
+        # point stdout at devnull so the interpreter's final flush does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
