@@ -21,10 +21,14 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import UlvizError
+
+if TYPE_CHECKING:  # pandas is imported where a table is built
+    import pandas as pd
 
 
 class UDWarning(UserWarning):
