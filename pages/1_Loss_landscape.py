@@ -33,7 +33,7 @@ if not chosen:
     st.info("Choose at least one run in the sidebar.")
     st.stop()
 
-clean = next((n for n in runs if runs[n].config.poison.method == "clean"), None)
+clean = ui.clean_name(runs)
 lands = {}
 for name in chosen:
     run = runs[name]

@@ -12,7 +12,7 @@ ui.page("Sharpness-Aware Learnability per layer",
 
 runs = ui.runs_or_stop(need_sal=True, message="No run file with SAL here. Compute it with `ulviz sal RUN.h5` "
                                               "or train with `--sal exact`.")
-clean = next((n for n in runs if runs[n].config.poison.method == "clean"), None)
+clean = ui.clean_name(runs)
 chosen = ui.pick_runs(runs, "Runs", 3, key="sal_runs")
 if not chosen:
     st.info("Choose at least one run in the sidebar.")

@@ -150,15 +150,7 @@ def _train(args) -> int:
         return _report(resume(args.resume, progress=not args.quiet), args.resume)
     if not args.out:
         raise UlvizError("train needs --out RUN.h5 (or --resume RUN.h5)")
-    if args.config:
-        try:
-            text = Path(args.config).read_text()
-        except OSError as e:
-            raise UlvizError(f"{args.config}: cannot read the config ({e.strerror})") from None
-        config = RunConfig.from_json(text)
-        result = train(config, args.out, overwrite=args.overwrite, progress=not args.quiet)
-        return _report(result, args.out)
-    config = RunConfig(
+    config = _config_file(args.config) if args.config else RunConfig(
         name=args.name or args.poison,
         data=DataConfig(args.dataset, args.data_dir, args.allow_pickle, args.train_limit, args.test_limit),
         poison=PoisonConfig(args.poison, args.poison_ratio, args.poison_seed, dict(args.poison_param)),
@@ -169,6 +161,14 @@ def _train(args) -> int:
     )
     result = train(config, args.out, overwrite=args.overwrite, progress=not args.quiet)
     return _report(result, args.out)
+
+
+def _config_file(path: str) -> RunConfig:
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise UlvizError(f"{path}: cannot read the config ({e.strerror})") from None
+    return RunConfig.from_json(text)
 
 
 def _report(result, out) -> int:

@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .config import DataConfig, ModelConfig, PoisonConfig, RunConfig, SALConfig, TrainConfig
+from .errors import UnknownNameError
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "data" / "demo"
 
@@ -27,7 +28,6 @@ DEMO_LANDSCAPES = [("plane", dict(resolution=21)), ("pca", dict(resolution=21)),
 
 def demo_configs(epochs: int = 30, methods: list[str] | None = None) -> list[RunConfig]:
     """The demo's run configs: clean first, then `methods` (default: all of DEMO_METHODS)."""
-    from .errors import UnknownNameError
     names = ["clean"] + [m for m in (methods or DEMO_METHODS) if m != "clean"]
     unknown = [n for n in names if n not in DEMO_METHODS]
     if unknown:

@@ -126,11 +126,7 @@ def train(config: RunConfig, out: str | Path | None = None, *, callbacks: Sequen
     `dataset` skips loading when the caller already has it (its training set is then protected
     by `config.poison` here, as when loaded).
     """
-    device = select_device(config.train.device)
-    dataset = dataset if dataset is not None else load_dataset(config.data)
-    poisoned = replace(dataset, x_train=make_poison(config.poison, dataset).x_train)
-    model = build_model(config, dataset).to(device)
-    optimizer = make_optimizer(config, model)
+    device, poisoned, model, optimizer = _setup(config, dataset)
     param_names = [n for n, _ in model.named_parameters()]
     writer = None
     if out is not None:
@@ -150,11 +146,7 @@ def resume(path: str | Path, *, callbacks: Sequence[Callback] = (), progress: bo
     if run.status == "diverged":
         raise UlvizError(f"{path}: {run.message}; resuming would diverge again")
     config = run.config
-    device = select_device(config.train.device)
-    dataset = load_dataset(config.data)
-    poisoned = replace(dataset, x_train=make_poison(config.poison, dataset).x_train)
-    model = build_model(config, dataset).to(device)
-    optimizer = make_optimizer(config, model)
+    device, poisoned, model, optimizer = _setup(config)
     writer, done, blob = reopen_for_resume(path)
     try:
         model.load_state_dict(run.snapshot(done))
@@ -174,6 +166,15 @@ def resume(path: str | Path, *, callbacks: Sequence[Callback] = (), progress: bo
         writer.close()
         raise
     return _run_epochs(config, model, optimizer, poisoned, writer, device, callbacks, history, done, progress, path)
+
+
+def _setup(config: RunConfig, dataset: Dataset | None = None):
+    """(device, the protected dataset, the freshly initialized model on the device, its optimizer)."""
+    device = select_device(config.train.device)
+    dataset = dataset if dataset is not None else load_dataset(config.data)
+    poisoned = replace(dataset, x_train=make_poison(config.poison, dataset).x_train)
+    model = build_model(config, dataset).to(device)
+    return device, poisoned, model, make_optimizer(config, model)
 
 
 def _with_sal(config: RunConfig, callbacks: Sequence[Callback]) -> list[Callback]:

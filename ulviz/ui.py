@@ -14,6 +14,7 @@ import streamlit as st
 from .errors import UlvizError
 from .store import find_runs, open_run
 
+
 def page(title: str, intro: str) -> None:
     """The page's config, title and one-paragraph introduction (call first on every page)."""
     st.set_page_config(page_title=f"{title} · ulviz", layout="wide")
@@ -77,19 +78,24 @@ def readable_runs(directory: Path, need_sal: bool = False) -> dict[str, object]:
     return runs
 
 
+def is_clean(run) -> bool:
+    return run.config.poison.method == "clean"
+
+
+def clean_name(runs: dict) -> str | None:
+    """The name of the first clean run, if any."""
+    return next((n for n, r in runs.items() if is_clean(r)), None)
+
+
 def clean_first(runs: dict) -> list[str]:
     """Run names with clean runs first, then by name."""
-    return sorted(runs, key=lambda n: (runs[n].config.poison.method != "clean", n))
+    return sorted(runs, key=lambda n: (not is_clean(runs[n]), n))
 
 
 def pick_runs(runs: dict, label: str, default_count: int = 2, key: str | None = None) -> list[str]:
     """A multiselect of run names, clean runs first by default."""
     names = clean_first(runs)
     return st.sidebar.multiselect(label, names, default=names[:default_count], key=key)
-
-
-def caption(text: str) -> None:
-    st.caption(text)
 
 
 def guard(fn, *args, **kwargs):

@@ -65,12 +65,13 @@ def ops(dataset, indices, g, params, ctx) -> Poison:
         score = dev.mean(1) / (dev.std(1, unbiased=False) + 1e-6)  # (colours, h*w): large, consistent
         best_score[k], best_colour[k] = score.max(0)  # best colour at each position
     chosen = {k: [] for k in best_score}
+    ranked = {k: v.argsort(descending=True).tolist() for k, v in best_score.items()}  # positions, best first
     taken: set[int] = set()
     while any(len(v) < k_pix for v in chosen.values()):
         # the best (class, position) still open: classes needing a pixel, positions nobody has
-        cls, pos = max(((k, int(p)) for k, v in chosen.items() if len(v) < k_pix
-                        for p in best_score[k].argsort(descending=True)[:len(taken) + k_pix]
-                        if int(p) not in taken), key=lambda kp: float(best_score[kp[0]][kp[1]]))
+        cls, pos = max(((k, p) for k, v in chosen.items() if len(v) < k_pix
+                        for p in ranked[k][:len(taken) + k_pix] if p not in taken),
+                       key=lambda kp: float(best_score[kp[0]][kp[1]]))
         chosen[cls].append((colours[best_colour[cls][pos]], divmod(pos, w)))
         taken.add(pos)
     for k, pixels in chosen.items():
