@@ -8,13 +8,11 @@ import streamlit as st
 from ulviz import plots, ui
 from ulviz.config import DataConfig, ModelConfig, PoisonConfig, RunConfig, SALConfig, TrainConfig, parse_param
 from ulviz.errors import UlvizError
-from ulviz.jobs import JobManager, inside, safe_name
+from ulviz.jobs import UPLOAD_LIMIT, JobManager, add_run_file, safe_name
 from ulviz.models import list_models
-from ulviz.poisons import list_methods, method_info
+from ulviz.poisons import list_methods, method_info, resolve_params
 from ulviz.store import find_runs, runs_table
 from ulviz.ud import study_ud
-
-UPLOAD_LIMIT = 200 << 20  # bytes: a run file larger than this is refused
 
 st.set_page_config(page_title="ulviz", layout="wide")
 st.title("ulviz: how far are unlearnable examples from truly unlearnable?")
@@ -39,9 +37,7 @@ else:
     st.dataframe(table, width="stretch", hide_index=True)
     st.caption("One row per run file: its unlearnable method, model, dataset, epochs done, status and final "
                "accuracies (train = on the data it trained on, test = clean test set).")
-    for _, row in table[table["status"] == "unreadable"].iterrows():
-        st.error(row["error"])
-    runs = ui.readable_runs(data_dir) if (table["status"] != "unreadable").any() else {}
+    runs = ui.readable_runs(data_dir)  # reports each unreadable file in an error box
     if runs:
         st.plotly_chart(plots.metrics_figure({n: r.metrics for n, r in runs.items()}), width="stretch")
         st.caption(plots.CAPTIONS["metrics"])
@@ -61,30 +57,18 @@ with st.expander("Load a run file"):
     upload = st.file_uploader("or upload one", type=["h5"])
     if st.button("Load"):
         try:
-            target_dir = inside(data_dir, "uploads")
-            target_dir.mkdir(parents=True, exist_ok=True)
             if upload is not None:
-                if upload.size > UPLOAD_LIMIT:
-                    raise UlvizError(f"{upload.name}: {upload.size >> 20} MB, over the {UPLOAD_LIMIT >> 20} MB limit")
                 name, data = upload.name, upload.getvalue()
             elif typed:
                 source = Path(typed).expanduser()
                 if not source.is_file():
                     raise UlvizError(f"{typed}: no such file")
-                if source.stat().st_size > UPLOAD_LIMIT:
+                if source.stat().st_size > UPLOAD_LIMIT:  # before reading it all into memory
                     raise UlvizError(f"{typed}: over the {UPLOAD_LIMIT >> 20} MB limit")
                 name, data = source.name, source.read_bytes()
             else:
                 raise UlvizError("give a path or upload a file")
-            target = inside(target_dir, safe_name(Path(name).stem) + ".h5")
-            tmp = target.with_suffix(".h5.part")
-            tmp.write_bytes(data)
-            try:
-                ui.load_run(tmp)  # validate before it joins the runs: a bad file never lands
-            except UlvizError as e:
-                tmp.unlink()
-                raise UlvizError(str(e).replace(str(tmp), name)) from None
-            tmp.replace(target)
+            target = add_run_file(data_dir, name, data)
             st.success(f"loaded {name} as {target}")
             st.rerun()
         except UlvizError as e:
@@ -113,7 +97,6 @@ if submitted:
                            poison=PoisonConfig(method, ratio, int(seed), params),
                            train=TrainConfig(epochs=int(epochs), seed=int(seed), device="auto"),
                            sal=SALConfig(estimator=sal))
-        from ulviz.poisons import resolve_params
         resolve_params(method, params)  # unknown parameters refused here, not in the job
         job = jobs.launch(config)
         st.success(f"launched {job.name} ({job.state}); it writes {job.out}")

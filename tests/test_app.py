@@ -8,7 +8,7 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT, tiny_config
 from ulviz import SALConfig, open_run, train
-from ulviz.jobs import JobManager, inside, safe_name
+from ulviz.jobs import UPLOAD_LIMIT, JobManager, add_run_file, inside, safe_name
 from ulviz.errors import UlvizError
 
 PAGES = ["pages/1_Loss_landscape.py", "pages/2_SAL.py", "pages/3_Optimization_paths.py",
@@ -45,6 +45,7 @@ def test_home_lists_runs_and_reports_bad_files(tmp_path, monkeypatch):
     table = at.dataframe[0].value
     assert set(table["status"]) == {"complete", "unreadable"}
     assert any("broken.h5" in e.value and "not an HDF5 file" in e.value for e in at.error)
+    assert sum("broken.h5" in e.value for e in at.error) == 1
     assert len(_charts(at)) == 1  # accuracy curves of the readable run
 
 
@@ -103,13 +104,13 @@ def test_pages_without_sal_or_runs_explain_themselves(tmp_path, monkeypatch):
         assert at.info or at.warning or _charts(at)
 
 
-def test_corrupt_file_beside_good_ones_gives_an_error_box_on_every_page(study, monkeypatch, tmp_path):
+@pytest.mark.parametrize("page", ["app.py"] + PAGES[:3])
+def test_corrupt_file_beside_good_ones_gives_an_error_box_on_every_page(page, study, monkeypatch, tmp_path):
     shutil.copytree(study, tmp_path / "s")
     (tmp_path / "s" / "junk.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
-    for page in PAGES[:3]:
-        at = _app(page, tmp_path / "s", monkeypatch).run()
-        assert not at.exception
-        assert any("junk.h5" in e.value for e in at.error)
+    at = _app(page, tmp_path / "s", monkeypatch).run()
+    assert not at.exception
+    assert sum("junk.h5" in e.value for e in at.error) == 1  # one box, not one per reader
 
 
 def test_launch_a_tiny_run_from_the_home_page(tmp_path, monkeypatch):
@@ -162,3 +163,16 @@ def test_jobs_queue_cancel_and_refuse_escapes(tmp_path):
         inside(tmp_path, "../elsewhere.h5")
     with pytest.raises(UlvizError, match="outside the data directory"):
         inside(tmp_path, "/etc/passwd")
+
+
+def test_adding_a_run_file_validates_it_first(study, tmp_path):
+    """The home page's "Load a run file": a good file lands under uploads/, a bad one never does."""
+    good = (study / "clean.h5").read_bytes()
+    target = add_run_file(tmp_path, "my run!.h5", good)
+    assert target == (tmp_path / "uploads" / "my-run.h5").resolve()
+    assert open_run(target).name == "clean"
+    with pytest.raises(UlvizError, match="junk.h5"):
+        add_run_file(tmp_path, "junk.h5", b"not hdf5 at all")
+    with pytest.raises(UlvizError, match="over the 200 MB limit"):
+        add_run_file(tmp_path, "big.h5", bytes(UPLOAD_LIMIT + 1))
+    assert sorted(p.name for p in (tmp_path / "uploads").iterdir()) == ["my-run.h5"]

@@ -44,6 +44,31 @@ def inside(directory: str | Path, path: str | Path) -> Path:
     return target
 
 
+UPLOAD_LIMIT = 200 << 20  # bytes: a run file larger than this is not taken in
+
+
+def add_run_file(data_dir: str | Path, name: str, data: bytes) -> Path:
+    """Put a run file's bytes (uploaded, or copied from a path) into ``<data dir>/uploads`` under a
+    file-safe version of `name`. It is read back as a run first, under a temporary name, so a file
+    that is not a readable run never joins the runs; returns where it landed."""
+    from .store import open_run
+
+    if len(data) > UPLOAD_LIMIT:
+        raise UlvizError(f"{name}: {len(data) >> 20} MB, over the {UPLOAD_LIMIT >> 20} MB limit")
+    folder = inside(data_dir, "uploads")
+    folder.mkdir(parents=True, exist_ok=True)
+    target = inside(folder, safe_name(Path(name).stem) + ".h5")
+    tmp = target.with_suffix(".h5.part")
+    tmp.write_bytes(data)
+    try:
+        open_run(tmp)
+    except UlvizError as e:
+        tmp.unlink()
+        raise UlvizError(str(e).replace(str(tmp), name)) from None
+    tmp.replace(target)
+    return target
+
+
 @dataclass
 class Job:
     id: str  # unique, also the record's file name
