@@ -20,11 +20,8 @@ CONFIG = replace(tiny_config(epochs=5, batch_size=60), sal=SALConfig(estimator="
 
 KILL = textwrap.dedent("""
     import os, signal, sys
-    sys.path.insert(0, {tests!r})
-    from dataclasses import replace
     import ulviz.training as T, ulviz.sal as S
-    from conftest import tiny_config
-    from ulviz import SALConfig
+    from ulviz import RunConfig
     where, n, calls = sys.argv[2], int(sys.argv[3]), [0]
     def killer(real):
         def wrapped(*a, **k):
@@ -37,8 +34,7 @@ KILL = textwrap.dedent("""
         T.torch.optim.SGD.step = killer(T.torch.optim.SGD.step)
     else:  # inside the SAL of an epoch, after its snapshot
         S.layer_sal = killer(S.layer_sal)
-    cfg = replace(tiny_config(epochs=5, batch_size=60), sal=SALConfig(estimator="exact", iters=2, subset=120))
-    T.train(cfg, sys.argv[1])
+    T.train(RunConfig.from_json(sys.argv[4]), sys.argv[1])  # CONFIG, as JSON
 """)
 
 
@@ -65,8 +61,8 @@ def _same_run(a, b):
 @pytest.mark.parametrize("where, n", [("step", 4), ("step", 14), ("step", 34), ("sal", 2), ("sal", 4)])
 def test_killed_run_resumes_to_the_uninterrupted_run(tmp_path, reference, where, n):
     path = tmp_path / "killed.h5"
-    proc = subprocess.run([sys.executable, "-c", KILL.format(tests=str(ROOT / "tests")), str(path), where, str(n)],
-                          capture_output=True)
+    proc = subprocess.run([sys.executable, "-c", KILL, str(path), where, str(n),
+                           CONFIG.to_json()], capture_output=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     killed = open_run(path)
     assert killed.status == "interrupted" and 0 <= killed.epochs_done < 5
