@@ -13,7 +13,8 @@ from .config import DataConfig, ModelConfig, PoisonConfig, RunConfig, SALConfig,
 from .data import list_datasets
 from .errors import UlvizError
 from .models import list_models
-from .poisons import list_methods
+from .poisons import list_budgets, list_methods
+from .recipes import AUGMENTATIONS, apply_recipe, default_recipe, list_recipes
 
 
 def _param(text: str) -> tuple[str, object]:
@@ -45,12 +46,17 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--poison-seed", type=int, default=0)
     t.add_argument("--poison-param", type=_param, action="append", default=[], metavar="KEY=VALUE",
                    help="method parameter, repeatable (e.g. eps=0.0314)")
-    t.add_argument("--optimizer", default=tc.optimizer, choices=["sgd", "adam"])
-    t.add_argument("--lr", type=float, default=tc.lr)
-    t.add_argument("--momentum", type=float, default=tc.momentum)
-    t.add_argument("--weight-decay", type=float, default=tc.weight_decay)
-    t.add_argument("--schedule", default=tc.schedule, choices=["constant", "cosine", "step"])
-    t.add_argument("--batch-size", type=int, default=tc.batch_size)
+    t.add_argument("--budget", default="standard", choices=list_budgets(),
+                   help="budget convention: the papers' (standard), scaled to the image's energy, or MNIST's L-inf 0.3")
+    t.add_argument("--recipe", choices=list_recipes(),
+                   help="training recipe (default: paper on cifar10/cifar100, quick elsewhere); the flags below override it")
+    t.add_argument("--optimizer", choices=["sgd", "adam"], help="default: the recipe's")
+    t.add_argument("--lr", type=float, help="default: the recipe's")
+    t.add_argument("--momentum", type=float, help="default: the recipe's")
+    t.add_argument("--weight-decay", type=float, help="default: the recipe's")
+    t.add_argument("--schedule", choices=["constant", "cosine", "step"], help="default: the recipe's")
+    t.add_argument("--batch-size", type=int, help="default: the recipe's")
+    t.add_argument("--augment", choices=list(AUGMENTATIONS), help="training augmentation (default: the recipe's)")
     t.add_argument("--epochs", type=int, default=tc.epochs)
     t.add_argument("--seed", type=int, default=tc.seed)
     t.add_argument("--device", default=tc.device, help="auto, cpu, cuda, cuda:1, mps")
@@ -75,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     po.add_argument("--ratio", type=float, default=1.0)
     po.add_argument("--seed", type=int, default=0)
     po.add_argument("--param", type=_param, action="append", default=[], metavar="KEY=VALUE")
+    po.add_argument("--budget", default="standard", choices=list_budgets())
     po.add_argument("--device", default="auto")
     po.add_argument("--out", help="also save the protected training set as .npz (x_train, y_train, indices)")
     po.add_argument("--quiet", action="store_true")
@@ -153,10 +160,13 @@ def _train(args) -> int:
     config = _config_file(args.config) if args.config else RunConfig(
         name=args.name or args.poison,
         data=DataConfig(args.dataset, args.data_dir, args.allow_pickle, args.train_limit, args.test_limit),
-        poison=PoisonConfig(args.poison, args.poison_ratio, args.poison_seed, dict(args.poison_param)),
+        poison=PoisonConfig(args.poison, args.poison_ratio, args.poison_seed, dict(args.poison_param), args.budget),
         model=ModelConfig(args.model, args.width),
-        train=TrainConfig(args.optimizer, args.lr, args.momentum, args.weight_decay, args.schedule,
-                          args.batch_size, args.epochs, args.seed, args.device),
+        train=apply_recipe(TrainConfig(epochs=args.epochs, seed=args.seed, device=args.device),
+                           args.recipe or default_recipe(args.dataset), args.dataset,
+                           optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
+                           weight_decay=args.weight_decay, schedule=args.schedule, batch_size=args.batch_size,
+                           augment=args.augment),
         sal=_sal_config(args, args.sal),
     )
     result = train(config, args.out, overwrite=args.overwrite, progress=not args.quiet)
@@ -191,9 +201,11 @@ def _info(args) -> int:
     print(f"name     {run.name}   status {run.status}{'  (' + run.message + ')' if run.message else ''}")
     print(f"created  {run.created} by ulviz {run.ulviz_version}")
     c = run.config
-    print(f"data     {c.data.name}  model {c.model.name}  poison {c.poison.method} (ratio {c.poison.ratio})")
-    print(f"train    {c.train.optimizer} lr {c.train.lr} {c.train.schedule}  batch {c.train.batch_size}  "
-          f"epochs {run.epochs_done}/{c.train.epochs}  seed {c.train.seed}")
+    print(f"data     {c.data.name}  model {c.model.name}  poison {c.poison.method} (ratio {c.poison.ratio}, "
+          f"budget {c.poison.budget})")
+    print(f"train    recipe {c.train.recipe}: {c.train.optimizer} lr {c.train.lr} {c.train.schedule}  "
+          f"batch {c.train.batch_size}  augment {c.train.augment}  epochs {run.epochs_done}/{c.train.epochs}  "
+          f"seed {c.train.seed}")
     print(f"layers   {', '.join(run.layer_names)}")
     print(f"SAL      {len(run.sal_epochs)} epoch(s)")
     print(run.metrics.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
@@ -256,7 +268,7 @@ def _poison(args) -> int:
     from .poisons import make_poison
 
     dataset = load_dataset(DataConfig(args.dataset, args.data_dir, args.allow_pickle, args.train_limit))
-    config = PoisonConfig(args.method, args.ratio, args.seed, dict(args.param))
+    config = PoisonConfig(args.method, args.ratio, args.seed, dict(args.param), args.budget)
     poison = make_poison(config, dataset, device=args.device, progress=not args.quiet)
     delta = (poison.x_train - dataset.x_train).flatten(1)
     print(f"{args.method}: {len(poison.indices)}/{len(dataset.x_train)} samples protected; "

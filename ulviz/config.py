@@ -28,6 +28,7 @@ class PoisonConfig:
     ratio: float = 1.0  # fraction of the training set that is protected
     seed: int = 0  # seed of the method's randomness (noise, surrogate init, patch choice)
     params: dict = field(default_factory=dict)  # method-specific parameters (eps, steps, ...)
+    budget: str = "standard"  # budget convention: standard (the papers'), energy, mnist (ulviz.poisons.scaled_params)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class TrainConfig:
     epochs: int = 30  # number of passes over the training set
     seed: int = 0  # seeds the initial weights and every epoch's data order
     device: str = "auto"  # "auto" (cuda, then mps, then cpu) or a torch device string
+    recipe: str = "quick"  # the named recipe these fields came from (ulviz.recipes): quick or paper
+    augment: str = "none"  # training-batch augmentation: none, crop (pad 4), crop_flip (pad 4 + mirror)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ from typing import Callable, Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from .config import RunConfig
 from .data import Dataset, load_dataset
@@ -25,7 +24,11 @@ from .errors import DivergedError, RunFileError, UlvizError
 from .models import create_model, weight_layer_names
 from .poisons import make_poison
 from .sal import sal_callback
+from .steps import evaluate, train_epoch
 from .store import RunWriter, open_run, reopen_for_resume
+
+__all__ = ["EpochContext", "TrainResult", "build_model", "evaluate", "lr_at", "make_optimizer", "resume", "train",
+           "train_epoch"]
 
 
 @dataclass
@@ -79,44 +82,11 @@ def make_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer
     raise UlvizError(f"unknown optimizer {t.optimizer!r}; choose sgd or adam")
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The data order of one epoch: a function of (seed, epoch) alone, so a resumed run matches."""
+def epoch_order(n: int, seed: int, epoch: int) -> tuple[torch.Tensor, torch.Generator]:
+    """The data order of one epoch and the generator its augmentation continues from: a function
+    of (seed, epoch) alone, so a resumed run matches."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512,
-             device: torch.device | None = None) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of `model` in eval mode (its mode is restored)."""
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    total_loss, correct = 0.0, 0
-    for i in range(0, len(x), batch_size):
-        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
-        out = model(xb)
-        total_loss += F.cross_entropy(out, yb, reduction="sum").item()
-        correct += (out.argmax(1) == yb).sum().item()
-    model.train(was_training)
-    return total_loss / len(x), correct / len(x)
-
-
-def train_epoch(model, optimizer, x, y, order, batch_size, device) -> float:
-    """One pass of minibatch training; returns the mean loss, raises DivergedError on NaN/inf."""
-    model.train()
-    total = 0.0
-    for i in range(0, len(order), batch_size):
-        idx = order[i:i + batch_size]
-        xb, yb = x[idx].to(device), y[idx].to(device)
-        loss = F.cross_entropy(model(xb), yb)
-        if not torch.isfinite(loss):
-            raise DivergedError(f"loss became {loss.item()} at batch {i // batch_size}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total += loss.item() * len(idx)
-    return total / len(order)
+    return torch.randperm(n, generator=g), g
 
 
 def train(config: RunConfig, out: str | Path | None = None, *, callbacks: Sequence[Callback] = (),
@@ -195,9 +165,10 @@ def _run_epochs(config, model, optimizer, poisoned, writer, device, callbacks, h
             lr = lr_at(config, epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            order = epoch_order(len(poisoned.x_train), config.train.seed, epoch)
+            order, g = epoch_order(len(poisoned.x_train), config.train.seed, epoch)
             try:
-                train_epoch(model, optimizer, poisoned.x_train, poisoned.y_train, order, config.train.batch_size, device)
+                train_epoch(model, optimizer, poisoned.x_train, poisoned.y_train, order, config.train.batch_size,
+                            device, config.train.augment, g)
             except DivergedError as e:
                 status = "diverged"
                 if writer:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from ..config import PoisonConfig
 from ..data import Dataset
 from ..errors import UlvizError, UnknownNameError
 
-CACHE_VERSION = 2  # bump when a method's output changes, so stale caches are not reused
+CACHE_VERSION = 3  # bump when a method's output changes, so stale caches are not reused
 
 
 @dataclass
@@ -108,15 +109,58 @@ def resolve_params(name: str, params: dict) -> dict:
     return {**method.defaults, **params}
 
 
+# -- budget conventions ----------------------------------------------------------------------
+
+_CIFAR_D = 3 * 32 * 32  # the image size the papers' budgets are set for
+_LINF_KEYS = {"random": ("eps",), "em": ("eps", "step"), "rem": ("eps", "step", "rho", "rho_step"),
+              "tap": ("eps", "step"), "lsp": ("eps",)}  # per-pixel budgets (and the steps that scale with them)
+BUDGETS = {
+    "standard": "the papers' budgets as they give them (L-inf 8/255, LSP 6/255 per pixel, AR L2 1.0 on 32x32x3)",
+    "energy": "each perturbation gets the total L2 energy it has on a CIFAR image: per-pixel budgets x sqrt(3072/d), "
+              "AR's L2 1.0, one-pixel shortcut on 3 values (3 pixels on grayscale)",
+    "mnist": "the MNIST literature's convention (DeepConfuse, NTGA): L-inf 0.3; per-pixel budgets and their steps "
+             "scaled by 0.3 / (8/255), AR's L2 by the same factor",
+}
+
+
+def list_budgets() -> list[str]:
+    """Names of the budget conventions a PoisonConfig's `budget` may take."""
+    return list(BUDGETS)
+
+
+def scaled_params(method: str, params: dict, image_shape, budget: str) -> dict:
+    """`params` (a method's defaults) with the budget parameters of the convention `budget`."""
+    if budget not in BUDGETS:
+        raise UnknownNameError("budget convention", budget, list_budgets())
+    if budget == "standard":
+        return dict(params)
+    c, h, w = image_shape
+    d = c * h * w
+    factor = math.sqrt(_CIFAR_D / d) if budget == "energy" else 0.3 / (8 / 255)
+    out = dict(params)
+    for key in _LINF_KEYS.get(method, ()):
+        if out.get(key) is not None:
+            out[key] = float(out[key]) * factor
+    if method == "ar":
+        out["l2"] = 1.0 if budget == "energy" else math.sqrt(d / _CIFAR_D) * factor
+    if method == "ops" and budget == "energy":
+        out["pixels"] = math.ceil(3 / c)
+    return out
+
+
 def make_poison(config: PoisonConfig | str, dataset: Dataset, *, cache: bool = True, device=None,
                 progress: bool = False, **params) -> Poison:
-    """Protect `dataset`'s training set with the method named in `config` (cached on disk)."""
+    """Protect `dataset`'s training set with the method named in `config` (cached on disk).
+
+    The method's defaults are first set to the budget convention `config.budget`; parameters
+    given in `config.params` override them."""
     from ..devices import select_device
 
     if isinstance(config, str):
         config = PoisonConfig(method=config, params=params)
     method = method_info(config.method)
-    full = resolve_params(config.method, dict(config.params))
+    resolve_params(config.method, dict(config.params))  # refuses unknown parameters
+    full = {**scaled_params(config.method, method.defaults, dataset.image_shape, config.budget), **config.params}
     indices = protected_indices(len(dataset.x_train), config.ratio, config.seed)
     if config.method in ("clean", "import") or not cache:  # cheap, and import's file may change
         return _generate(method, dataset, indices, config, full, select_device(device), progress)
