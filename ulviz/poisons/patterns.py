@@ -146,8 +146,13 @@ def _ar_filters(k: int, c: int, size, crop: int, g: torch.Generator, bound: floa
     when its 3 generated patterns have norms at most `bound` and its (normalized) pattern excites
     every set kept before by at least `min_response` (the sum of the ReLU of the earlier set's
     matched filter, its coefficients with -1 at the current tap, over the pattern; 3 once the
-    classes pass 10, as the original used for CIFAR-100). Candidates are tested `batch` at a time
-    (about 1.4% pass the norm test on 3 channels)."""
+    classes pass 10: the original's 3 instead of 10 for CIFAR-100). Candidates are tested `batch` at a time
+    (about 1.4% pass the norm test on 3 channels). Both thresholds are the original's for 32x32x3;
+    on other sizes they scale with the image (the norm bound with sqrt(d / 3072), the response,
+    a sum over the filter's output, with its number of values)."""
+    h, w = size[0] - crop, size[1] - crop
+    bound *= math.sqrt(c * h * w / 3072)
+    min_response *= c * (h - 2) * (w - 2) / (3 * 30 * 30)
     kept: list[torch.Tensor] = []
     for _ in range(max_batches):
         b = torch.randn(batch, c, 9, generator=g)
@@ -163,8 +168,8 @@ def _ar_filters(k: int, c: int, size, crop: int, g: torch.Generator, bound: floa
             kept.append(b[i])
             if len(kept) == k:
                 return torch.stack(kept)
-            if len(kept) >= 10:
-                min_response = min(min_response, 3.0)
+            if len(kept) == 10:
+                min_response *= 0.3  # the original's 3 instead of 10 for CIFAR-100
     raise UlvizError(f"ar: found only {len(kept)} of {k} stable, distinct AR processes")
 
 
