@@ -42,7 +42,6 @@ TARGETS = {"em": ("<=", 0.5), "em/class": ("<=", 0.5), "lsp": ("<=", 0.5), "ops"
 CPU_SETTINGS = {
     "em": {"max_rounds": 15},
     "rem": {"train_epochs": 2, "samples": 1, "pgd_steps": 5, "rho_steps": 3},
-    "tap": {"steps": 50, "step": 2 / 255},  # the same total travel as 250 steps of 0.4/255
 }
 
 
@@ -62,6 +61,10 @@ def main():
     p.add_argument("--device", default="cpu", help="where poisons are made and models trained (cpu, cuda, mps)")
     p.add_argument("--runs-dir", default="benchmarks/runs/poison_effect", help="run files (reused when complete)")
     p.add_argument("--out", help="also write the table as markdown here")
+    p.add_argument("--ud", action="store_true",
+                   help="then exact SAL of every run (post hoc, at --sal-epochs on --sal-subset samples) and UD")
+    p.add_argument("--sal-epochs", default="10,20,30,40", help="epochs to measure SAL at")
+    p.add_argument("--sal-subset", type=int, default=512, help="first N (protected) training samples for SAL")
     args = p.parse_args()
     model = args.model or ("resnet18" if args.dataset.startswith("cifar") else "lenet5")
     width = args.width if args.width is not None else (8 if model == "resnet18" and args.model is None else None)
@@ -113,10 +116,41 @@ def main():
     if args.device == "cpu":
         print(f"CPU settings of the surrogate methods: {CPU_SETTINGS}; surrogate {surrogate}")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    ud_text = ""
+    if args.ud:
+        ud_text = _ud_phase(runs_dir, [r["method"] for r in rows], args)
     if args.out:
         Path(args.out).write_text(f"# {title}\n\n`{' '.join(['python', 'benchmarks/poison_effect.py'])}`\n\n"
                                   f"CPU settings: {CPU_SETTINGS}; surrogate {surrogate}\n\n"
-                                  + "```\n" + table.to_string(index=False, float_format=lambda v: f"{v:.3f}") + "\n```\n")
+                                  + "```\n" + table.to_string(index=False, float_format=lambda v: f"{v:.3f}") + "\n```\n"
+                                  + ud_text)
+
+
+def _ud_phase(runs_dir: Path, labels: list[str], args) -> str:
+    """Exact SAL of every run at a few epochs on a fixed subset, then UD against the clean run and
+    each layer's learnable fraction; returns the text printed."""
+    from ulviz import SALConfig
+    from ulviz.sal import compute_run_sal
+    from ulviz.ud import ud_table
+
+    sal = SALConfig(estimator="exact", subset=args.sal_subset)
+    epochs = [int(e) for e in args.sal_epochs.split(",")]
+    paths = [runs_dir / f"{label.replace('/', '-')}.h5" for label in labels]
+    for path in paths:
+        start = time.perf_counter()
+        compute_run_sal(path, sal, device=args.device, epochs=epochs)
+        print(f"SAL {path.name}: {time.perf_counter() - start:.0f}s", flush=True)
+    table, result = ud_table(paths[0], paths[1:])
+    layers = open_run(paths[0]).layer_names
+    per_layer = pd.DataFrame({name: frac for name, frac in result.per_layer.items()}, index=layers).T
+    text = (f"\nSAL: exact (10 rounds, lr 0.1, eps 0.05), post hoc at epochs {epochs} on the first "
+            f"{args.sal_subset} samples of each run's (protected) training set\n"
+            f"threshold {result.threshold:.6f}; clean learnable layers per epoch {result.clean_count:.3f}\n\n"
+            + table.to_string(index=False, float_format=lambda v: f"{v:.3f}")
+            + "\n\nlearnable fraction of epochs per layer:\n"
+            + per_layer.to_string(float_format=lambda v: f"{v:.2f}") + "\n")
+    print(text)
+    return "\n```\n" + text + "```\n"
 
 
 def _reuse(path: Path, config: RunConfig):

@@ -8,7 +8,7 @@ import torch
 from torch.nn import functional as F
 
 from conftest import tiny_config
-from ulviz import ModelConfig, SALConfig, UnknownNameError, create_model, load_dataset, open_run, train
+from ulviz import ModelConfig, SALConfig, UlvizError, UnknownNameError, create_model, load_dataset, open_run, train
 from ulviz.sal import compute_run_sal, layer_sal
 
 
@@ -186,3 +186,15 @@ def test_vmapped_copies_give_the_same_numbers(monkeypatch, name, width):
     for k in loop:
         for part in ("sal", "s_max", "s_min", "acc_drop", "acc_rise"):
             assert abs(getattr(loop[k], part) - getattr(vm[k], part)) <= 1e-9
+
+
+def test_sal_of_chosen_epochs_only(tmp_path):
+    sal = SALConfig(estimator="exact", iters=2, batch_size=128, subset=100)
+    train(replace(tiny_config(epochs=3), sal=sal), tmp_path / "live.h5")
+    train(tiny_config(epochs=3), tmp_path / "some.h5")
+    some = compute_run_sal(tmp_path / "some.h5", sal, device="cpu", epochs=[3, 1])
+    live = open_run(tmp_path / "live.h5")
+    assert list(some.sal_epochs) == [1, 3]
+    np.testing.assert_allclose(some.sal["sal"], live.sal["sal"][[0, 2]], atol=1e-6)  # the same rows
+    with pytest.raises(UlvizError, match="no trained epoch 4"):
+        compute_run_sal(tmp_path / "some.h5", sal, device="cpu", epochs=[4])

@@ -96,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--estimator", default="exact", choices=["exact", "fast"])
     s.add_argument("--device", default="auto")
     s.add_argument("--quiet", action="store_true")
+    s.add_argument("--epochs", help="only these epochs, e.g. 10,20,30,40 (default: every trained epoch)")
     _sal_options(s)
 
     u = sub.add_parser("ud", help="Unlearnable Distance of runs against a clean run")
@@ -224,7 +225,14 @@ def _sal(args) -> int:
             from tqdm import tqdm
             bar = tqdm(total=total, desc="SAL epochs", unit="epoch")
         bar.update(1)
-    run = compute_run_sal(args.run, _sal_config(args, args.estimator), device=args.device, progress=progress)
+    epochs = None
+    if args.epochs:
+        try:
+            epochs = [int(e) for e in args.epochs.split(",")]
+        except ValueError:
+            raise UlvizError(f"--epochs takes comma-separated epoch numbers, got {args.epochs!r}") from None
+    run = compute_run_sal(args.run, _sal_config(args, args.estimator), device=args.device, progress=progress,
+                          epochs=epochs)
     if bar is not None:
         bar.close()
     print(f"{args.run}: SAL ({args.estimator}) for {len(run.sal_epochs)} epoch(s) x {len(run.layer_names)} layers")
@@ -285,6 +293,8 @@ def _list(args) -> int:
 
     print("datasets:", ", ".join(list_datasets()))
     print("models:  ", ", ".join(list_models()))
+    print("recipes: ", ", ".join(list_recipes()), "(default: paper on cifar10/cifar100, quick elsewhere)")
+    print("budgets: ", ", ".join(list_budgets()))
     print("unlearnable methods:")
     for name in list_methods():
         m = method_info(name)

@@ -419,9 +419,12 @@ def sal_callback(config):
     return callback
 
 
-def compute_run_sal(path, config, *, device=None, progress: Callable[[int, int], None] | None = None):
-    """Compute SAL for every stored epoch of a run file from its snapshots, with `config`
-    (a SALConfig), skipping epochs already computed with the same settings. Returns the run."""
+def compute_run_sal(path, config, *, device=None, progress: Callable[[int, int], None] | None = None,
+                    epochs: Iterable[int] | None = None):
+    """Compute SAL for every stored epoch of a run file (or only `epochs`) from its snapshots,
+    with `config` (a SALConfig), skipping epochs already computed with the same settings. Returns
+    the run. UD averages over the epochs that have SAL, so a few spread epochs give a cheaper,
+    coarser estimate of the same quantity."""
     from .data import load_dataset
     from .poisons import make_poison
     from .store import append_sal_row, open_run, prepare_sal
@@ -437,7 +440,11 @@ def compute_run_sal(path, config, *, device=None, progress: Callable[[int, int],
     model = build_model(run.config, dataset)
     layers = weight_layer_names(model)
     done = set(prepare_sal(path, layers, asdict(config)))
-    todo = [e for e in range(1, run.epochs_done + 1) if e not in done]
+    wanted = range(1, run.epochs_done + 1) if epochs is None else sorted(set(epochs))
+    missing = [e for e in wanted if not 1 <= e <= run.epochs_done]
+    if missing:
+        raise UlvizError(f"{path}: no trained epoch {missing[0]} (it has epochs 1..{run.epochs_done})")
+    todo = [e for e in wanted if e not in done]
     for i, epoch in enumerate(todo):
         model.load_state_dict(run.snapshot(epoch))
         records = layer_sal(model, data, device=device, **sal_kwargs(config))
