@@ -69,9 +69,9 @@ class _Recorder(nn.Module):
 
 
 def test_augmentation_is_applied_in_training_and_never_in_evaluation(monkeypatch, tmp_path):
-    import ulviz.training as T
+    import ulviz.models as M
     made = []
-    monkeypatch.setattr(T, "create_model", lambda name, shape, k, width=None: made.append(_Recorder(shape, k)) or made[-1])
+    monkeypatch.setattr(M, "create_model", lambda name, shape, k, width=None: made.append(_Recorder(shape, k)) or made[-1])
     cfg = tiny_config(epochs=1)
     cfg = replace(cfg, train=replace(cfg.train, augment="crop_flip"))
     result = train(cfg, tmp_path / "r.h5")

@@ -35,6 +35,12 @@ def create_model(name: str, in_shape: tuple[int, int, int], num_classes: int, wi
     return _MODELS[name](tuple(in_shape), num_classes, width)
 
 
+def build_model(config, dataset) -> nn.Module:
+    """The model of a run (a RunConfig) for `dataset`, with the run's seeded initial weights."""
+    torch.manual_seed(config.train.seed)
+    return create_model(config.model.name, dataset.image_shape, dataset.num_classes, config.model.width)
+
+
 def weight_layer_names(model: nn.Module) -> list[str]:
     """Names (as in ``named_parameters``) of the Conv/Linear weight tensors: the layers SAL measures."""
     names = []

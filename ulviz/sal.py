@@ -46,7 +46,7 @@ from torch.nn import functional as F
 
 from .devices import select_device
 from .errors import UlvizError, UnknownNameError
-from .models import model_stages, weight_layer_names
+from .models import build_model, model_stages, weight_layer_names
 
 ESTIMATORS = ("exact", "fast")
 PARTS = ("sal", "s_max", "s_min", "acc_drop", "acc_rise")
@@ -428,7 +428,6 @@ def compute_run_sal(path, config, *, device=None, progress: Callable[[int, int],
     from .data import load_dataset
     from .poisons import make_poison
     from .store import append_sal_row, open_run, prepare_sal
-    from .training import build_model
 
     if config.estimator not in ESTIMATORS:
         raise UnknownNameError("SAL estimator", config.estimator, list(ESTIMATORS))

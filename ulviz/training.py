@@ -21,7 +21,7 @@ from .config import RunConfig
 from .data import Dataset, load_dataset
 from .devices import select_device
 from .errors import DivergedError, RunFileError, UlvizError
-from .models import create_model, weight_layer_names
+from .models import build_model, weight_layer_names
 from .poisons import make_poison
 from .sal import sal_callback
 from .steps import evaluate, train_epoch
@@ -53,12 +53,6 @@ class TrainResult:
     path: Path | None  # the run file written, if any
     history: list[dict[str, float]]  # one metrics row per epoch, epoch 0 first
     status: str  # complete | diverged
-
-
-def build_model(config: RunConfig, dataset: Dataset) -> nn.Module:
-    """The run's model with its seeded initial weights."""
-    torch.manual_seed(config.train.seed)
-    return create_model(config.model.name, dataset.image_shape, dataset.num_classes, config.model.width)
 
 
 def lr_at(config: RunConfig, epoch: int) -> float:

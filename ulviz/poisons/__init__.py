@@ -17,6 +17,10 @@ data's content, the method, its parameters, the ratio and the seed.
 | ar     | Sandoval-Segura et al., NeurIPS 2022    | autoregressive noise  | L2 = sqrt(d / 3072)     |
 | cuda   | Sadasivan et al., CVPR 2023             | class-wise blur       | none (multiplicative)   |
 | import | -                                       | a user's .npz         | -                       |
+
+Each method follows its authors' public code in procedure; its docstring names the code and
+every deliberate difference. The budgets are the papers' for 32x32x3 images; `budget` in the
+PoisonConfig picks another convention (:data:`BUDGETS`: energy, mnist) for other image sizes.
 """
 from __future__ import annotations
 
