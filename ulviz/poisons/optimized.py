@@ -19,6 +19,7 @@ import math
 import torch
 from torch.nn import functional as F
 
+from ..errors import UlvizError
 from ..models import create_model
 from ..recipes import NATURAL_IMAGE_SETS, augment_batch
 from ..steps import evaluate, train_step
@@ -73,30 +74,32 @@ def pgd_on_image(model, x, target, delta, eps, step, steps, *, descend=True, tra
 
 # -- EM ------------------------------------------------------------------------------------
 
-def _em_samplewise(dataset, indices, g, params, ctx) -> Poison:
-    """Huang et al.'s sample-wise min-min loop: from zero noise, repeat (1) `train_fraction` of an
-    epoch of surrogate training on the noisy data (minibatches of `batch_size`, gradient norm
-    clipped at 5), (2) `pgd_steps` error-minimizing steps on every sample's noise, (3) stop once
-    the surrogate's error on the noisy training set (eval mode) is below `stop_error`."""
+def _error_minimizing(dataset, indices, g, params, ctx, classwise: bool) -> Poison:
+    """Huang et al.'s min-min loop, from zero noise: repeat (1) `train_fraction` of an epoch of
+    surrogate training on the noisy data (minibatches of `batch_size`, gradient norm clipped at
+    5), (2) a pass of error-minimizing steps on the noise (`_samplewise_pass` or
+    `_classwise_pass`), (3) stop once the surrogate's error on the noisy data it was measured on
+    (every sample, or the class-wise subset; eval mode) is below `stop_error`."""
     dev = ctx.device
     x, y = dataset.x_train.to(dev), dataset.y_train.to(dev)
-    eps, step, steps = float(params["eps"]), float(params["step"]), int(params["pgd_steps"])
-    delta = torch.zeros_like(x)
+    noise = torch.zeros(dataset.num_classes if classwise else len(x), *dataset.image_shape, device=dev)
+    pattern_of = y if classwise else torch.arange(len(x), device=dev)  # which noise each sample wears
     model, opt = _surrogate(dataset, params, ctx, g)
     bs = int(params["batch_size"])
     per_round = max(1, round(float(params["train_fraction"]) * len(x) / bs))
     stream = _batches(len(x), bs, g)
+    measured = (_stratified_subset(dataset.y_train, float(params["subset"]), g).to(dev) if classwise
+                else torch.arange(len(x), device=dev))
     rounds, err = 0, 1.0
-    bar = _bar(ctx, params["max_rounds"], "em")
+    bar = _bar(ctx, params["max_rounds"], "em (class-wise)" if classwise else "em")
     for rounds in range(1, int(params["max_rounds"]) + 1):
         for _ in range(per_round):  # (1) the surrogate learns the noisy data a little
             b = next(stream).to(dev)
-            train_step(model, opt, (x[b] + delta[b]).clamp(0, 1), y[b], grad_clip=5.0)
-        model.eval()
-        for i in range(0, len(x), bs):  # (2) the noise makes each sample easier for it
-            sl = slice(i, i + bs)
-            delta[sl] = pgd_on_image(model, x[sl], y[sl], delta[sl], eps, step, steps)
-        err = 1 - evaluate(model, (x + delta).clamp(0, 1), y, 512, dev)[1]  # (3)
+            train_step(model, opt, (x[b] + noise[pattern_of[b]]).clamp(0, 1), y[b], grad_clip=5.0)
+        model.eval()  # (2) the noise makes the data easier still for it
+        (_classwise_pass if classwise else _samplewise_pass)(model, x, y, noise, measured, params, g)
+        xm = (x[measured] + noise[pattern_of[measured]]).clamp(0, 1)
+        err = 1 - evaluate(model, xm, y[measured], 512, dev)[1]  # (3)
         if bar:
             bar.update(1)
             bar.set_postfix(train_error=f"{err:.4f}")
@@ -105,8 +108,30 @@ def _em_samplewise(dataset, indices, g, params, ctx) -> Poison:
     if bar:
         bar.close()
     out = dataset.x_train.clone()
-    out[indices] = (dataset.x_train[indices] + delta.cpu()[indices]).clamp(0, 1)
+    out[indices] = (dataset.x_train[indices] + noise.cpu()[pattern_of.cpu()[indices]]).clamp(0, 1)
     return Poison(out, indices, {"rounds": rounds, "surrogate_train_error": err, "train_steps_per_round": per_round})
+
+
+def _samplewise_pass(model, x, y, noise, measured, params, g) -> None:
+    """Every sample's noise takes `pgd_steps` (20) steps, in unshuffled batches (in place)."""
+    bs = int(params["batch_size"])
+    for i in range(0, len(x), bs):
+        sl = slice(i, i + bs)
+        noise[sl] = pgd_on_image(model, x[sl], y[sl], noise[sl], float(params["eps"]), float(params["step"]),
+                                 int(params["pgd_steps"]))
+
+
+def _classwise_pass(model, x, y, noise, subset, params, g) -> None:
+    """One pass over the subset in shuffled batches: each sample takes `pgd_steps` (1) steps from
+    its class's pattern, and each class's pattern becomes the mean of its samples' results, so it
+    moves by the mean of their signed steps (in place)."""
+    bs, eps = int(params["batch_size"]), float(params["eps"])
+    order = subset[torch.randperm(len(subset), generator=g).to(subset.device)]
+    for i in range(0, len(order), bs):
+        b = order[i:i + bs]
+        moved = pgd_on_image(model, x[b], y[b], noise[y[b]], eps, float(params["step"]), int(params["pgd_steps"]))
+        for cls in y[b].unique():
+            noise[cls] = moved[y[b] == cls].mean(0).clamp(-eps, eps)
 
 
 def _stratified_subset(y: torch.Tensor, fraction: float, g: torch.Generator) -> torch.Tensor:
@@ -117,50 +142,6 @@ def _stratified_subset(y: torch.Tensor, fraction: float, g: torch.Generator) -> 
         take = max(1, round(fraction * len(members)))
         picks.append(members[torch.randperm(len(members), generator=g)[:take]])
     return torch.cat(picks).sort().values
-
-
-def _em_classwise(dataset, indices, g, params, ctx) -> Poison:
-    """Huang et al.'s class-wise loop: one noise pattern per class, from zero; repeat (1) the
-    surrogate's training on the whole noisy set, as sample-wise, (2) one pass over a stratified
-    `subset` (20%) in shuffled minibatches, where each sample takes `pgd_steps` (1) error-
-    minimizing step from its class's pattern and each class's pattern becomes the mean of its
-    samples' results (the pattern moves by the mean of their signed steps), (3) stop once the
-    surrogate's error on the noisy subset is below `stop_error` (0.1)."""
-    dev = ctx.device
-    x, y = dataset.x_train.to(dev), dataset.y_train.to(dev)
-    eps, step, steps = float(params["eps"]), float(params["step"]), int(params["pgd_steps"])
-    k = dataset.num_classes
-    patterns = torch.zeros(k, *dataset.image_shape, device=dev)
-    model, opt = _surrogate(dataset, params, ctx, g)
-    bs = int(params["batch_size"])
-    per_round = max(1, round(float(params["train_fraction"]) * len(x) / bs))
-    stream = _batches(len(x), bs, g)
-    subset = _stratified_subset(dataset.y_train, float(params["subset"]), g).to(dev)
-    rounds, err = 0, 1.0
-    bar = _bar(ctx, params["max_rounds"], "em (class-wise)")
-    for rounds in range(1, int(params["max_rounds"]) + 1):
-        for _ in range(per_round):
-            b = next(stream).to(dev)
-            train_step(model, opt, (x[b] + patterns[y[b]]).clamp(0, 1), y[b], grad_clip=5.0)
-        model.eval()
-        order = subset[torch.randperm(len(subset), generator=g).to(dev)]
-        for i in range(0, len(order), bs):
-            b = order[i:i + bs]
-            moved = pgd_on_image(model, x[b], y[b], patterns[y[b]], eps, step, steps)
-            for cls in y[b].unique():
-                patterns[cls] = moved[y[b] == cls].mean(0).clamp(-eps, eps)
-        err = 1 - evaluate(model, (x[subset] + patterns[y[subset]]).clamp(0, 1), y[subset], 512, dev)[1]
-        if bar:
-            bar.update(1)
-            bar.set_postfix(train_error=f"{err:.4f}")
-        if err < float(params["stop_error"]):
-            break
-    if bar:
-        bar.close()
-    out = dataset.x_train.clone()
-    yi = dataset.y_train[indices]
-    out[indices] = (dataset.x_train[indices] + patterns.cpu()[yi]).clamp(0, 1)
-    return Poison(out, indices, {"rounds": rounds, "surrogate_train_error": err, "train_steps_per_round": per_round})
 
 
 _EM_DEFAULTS = {"eps": 8 / 255, "step": 0.8 / 255, "pgd_steps": None, "stop_error": None, "train_fraction": 0.1,
@@ -179,13 +160,12 @@ def em(dataset, indices, g, params, ctx) -> Poison:
     surrogate trains on clamped noisy images (the original adds the noise without clamping)."""
     classwise = params["mode"] == "class"
     if params["mode"] not in ("sample", "class"):
-        from ..errors import UlvizError
         raise UlvizError(f"em: mode must be 'sample' or 'class', got {params['mode']!r}")
     if params["pgd_steps"] is None:
         params["pgd_steps"] = 1 if classwise else 20
     if params["stop_error"] is None:
         params["stop_error"] = 0.1 if classwise else 0.01
-    return (_em_classwise if classwise else _em_samplewise)(dataset, indices, g, params, ctx)
+    return _error_minimizing(dataset, indices, g, params, ctx, classwise)
 
 
 # -- REM -----------------------------------------------------------------------------------
