@@ -279,8 +279,10 @@ def test_em_starts_from_zero_and_tap_targets_the_next_class(ds):
     # one step of 0.8/255 from zero: every unclamped change is exactly one step
     moved = d[(d != 0)].abs()
     assert torch.allclose(moved.max(), torch.tensor(0.8 / 255), atol=1e-6)
-    t = _make(ds, "tap", steps=20, step=1 / 255)
-    assert t.info["targeted_success"] >= 0.0 and 0.0 <= t.info["crafting_model_train_acc"] <= 1.0
+    # with room to move, the targeted attack sends most images to the next class of the crafting model
+    t = _make(ds, "tap", eps=0.3, steps=20, step=0.03, train_epochs=10)
+    assert t.info["crafting_model_train_acc"] > 0.5
+    assert t.info["targeted_success"] > 0.5  # chance is 0.1
 
 
 def test_budget_conventions_scale_the_defaults():
