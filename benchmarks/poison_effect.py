@@ -17,6 +17,7 @@ the table); on a GPU (--device cuda) with their originals' defaults.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -124,7 +125,7 @@ def main():
     if args.ud:
         ud_text = _ud_phase(runs_dir, [r["method"] for r in rows], args)
     if args.out:
-        Path(args.out).write_text(f"# {title}\n\n`{' '.join(['python', 'benchmarks/poison_effect.py'])}`\n\n"
+        Path(args.out).write_text(f"# {title}\n\n`python {' '.join(sys.argv)}`\n\n"
                                   f"CPU settings: {CPU_SETTINGS}; surrogate {surrogate}\n\n"
                                   + "```\n" + table.to_string(index=False, float_format=lambda v: f"{v:.3f}") + "\n```\n"
                                   + ud_text)
