@@ -54,7 +54,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     natural = CIFAR.exists()
     p.add_argument("--dataset", default="cifar10" if natural else "digits")
-    p.add_argument("--data-dir", default=str(CIFAR) if natural else None)
+    p.add_argument("--data-dir", help="default: the CIFAR-10 subset in ../shared/data for cifar10")
     p.add_argument("--model", help="victim model (default: resnet18 of width 8 on cifar10, lenet5 elsewhere)")
     p.add_argument("--width", type=int)
     p.add_argument("--surrogate", help="surrogate of em/rem/tap (default: the victim's architecture)")
@@ -71,6 +71,8 @@ def main():
     p.add_argument("--sal-epochs", default="10,20,30,40", help="epochs to measure SAL at")
     p.add_argument("--sal-subset", type=int, default=512, help="first N (protected) training samples for SAL")
     args = p.parse_args()
+    if args.dataset == "cifar10" and not args.data_dir and natural:
+        args.data_dir = str(CIFAR)
     model = args.model or ("resnet18" if args.dataset.startswith("cifar") else "lenet5")
     width = args.width if args.width is not None else (8 if model == "resnet18" and args.model is None else None)
     data_cfg = DataConfig(args.dataset, args.data_dir, train_limit=args.train_limit)
