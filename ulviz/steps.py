@@ -30,9 +30,12 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor,
                grad_clip: float | None = None) -> torch.Tensor:
     """One optimizer step on a batch (model in train mode); returns the batch loss (detached).
-    `grad_clip` clips the gradient's global norm first (the EM/REM trainers use 5)."""
+    `grad_clip` clips the gradient's global norm first (the EM trainer uses 5). A NaN or infinite
+    loss raises DivergedError before anything is updated."""
     model.train()
     loss = F.cross_entropy(model(xb), yb)
+    if not torch.isfinite(loss):
+        raise DivergedError(f"loss became {loss.item()}")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip is not None:
@@ -52,12 +55,9 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Ten
         xb, yb = x[idx].to(device), y[idx].to(device)
         if augment != "none":
             xb = augment_batch(xb, augment, generator)
-        model.train()
-        loss = F.cross_entropy(model(xb), yb)
-        if not torch.isfinite(loss):
-            raise DivergedError(f"loss became {loss.item()} at batch {i // batch_size}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        try:
+            loss = train_step(model, optimizer, xb, yb)
+        except DivergedError as e:
+            raise DivergedError(f"{e} at batch {i // batch_size}") from None
         total += loss.item() * len(idx)
     return total / len(order)
