@@ -117,3 +117,16 @@ def test_cli_records_and_shows_recipe_and_budget(tmp_path, capsys):
     main(["train", "--dataset", "synthetic", "--model", "linear", "--epochs", "1", "--out", str(tmp_path / "q.h5"),
           "--device", "cpu", "--quiet"])
     assert open_run(tmp_path / "q.h5").config.train.recipe == "quick"
+
+
+def test_cifar_subset_trains_with_the_paper_recipe_by_default(tmp_path, capsys):
+    from conftest import SHARED_DATA
+    d = SHARED_DATA / "cifar10-subset"
+    if not (d / "data_batch_1.bin").exists():
+        pytest.skip(f"CIFAR-10 subset not found at {d}")
+    out = tmp_path / "c.h5"
+    assert main(["train", "--dataset", "cifar10", "--data-dir", str(d), "--train-limit", "64", "--test-limit", "32",
+                 "--model", "cnn", "--width", "4", "--epochs", "1", "--poison", "cuda", "--out", str(out),
+                 "--device", "cpu", "--quiet"]) == 0
+    c = open_run(out).config
+    assert (c.train.recipe, c.train.augment, c.train.lr, c.train.schedule) == ("paper", "crop_flip", 0.1, "constant")
