@@ -34,3 +34,9 @@ def same_history(a, b):
     return len(a) == len(b) and all(
         all(x[k] == y[k] or (math.isnan(x[k]) and math.isnan(y[k])) for k in x if k != "seconds")
         for x, y in zip(a, b))
+
+
+@pytest.fixture(autouse=True)
+def poison_cache_in_tmp(tmp_path_factory, monkeypatch):
+    """Generated poisons go to the session's temporary directory, never the user's ~/.cache."""
+    monkeypatch.setenv("ULVIZ_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "poison-cache"))
