@@ -103,14 +103,14 @@ def protected_indices(n: int, ratio: float, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)[:k].sort().values
 
 
-def resolve_params(name: str, params: dict) -> dict:
-    """The method's defaults updated with `params`; unknown parameters are refused."""
+def resolve_params(name: str, params: dict, defaults: dict | None = None) -> dict:
+    """`defaults` (the method's own when None) updated with `params`; unknown parameters are refused."""
     method = method_info(name)
     unknown = sorted(set(params) - set(method.defaults))
     if unknown:
         takes = ", ".join(method.defaults) or "no parameters"
         raise UlvizError(f"method {name!r} does not take {', '.join(unknown)}; it takes {takes}")
-    return {**method.defaults, **params}
+    return {**(method.defaults if defaults is None else defaults), **params}
 
 
 # -- budget conventions ----------------------------------------------------------------------
@@ -163,8 +163,8 @@ def make_poison(config: PoisonConfig | str, dataset: Dataset, *, cache: bool = T
     if isinstance(config, str):
         config = PoisonConfig(method=config, params=params)
     method = method_info(config.method)
-    resolve_params(config.method, dict(config.params))  # refuses unknown parameters
-    full = {**scaled_params(config.method, method.defaults, dataset.image_shape, config.budget), **config.params}
+    full = resolve_params(config.method, dict(config.params),
+                          scaled_params(config.method, method.defaults, dataset.image_shape, config.budget))
     indices = protected_indices(len(dataset.x_train), config.ratio, config.seed)
     if config.method in ("clean", "import") or not cache:  # cheap, and import's file may change
         return _generate(method, dataset, indices, config, full, select_device(device), progress)
