@@ -82,9 +82,8 @@ def ops(dataset, indices, g, params, ctx) -> Poison:
         score = dev.mean((1, 2)) / (dev.std((1, 2), unbiased=False) + 1e-12)  # (colours, h*w)
         score[taken] = float("-inf")
         picks = score.flatten().topk(k_pix).indices
+        taken.view(-1)[picks] = True
         chosen[k] = [(int(p) // (h * w), divmod(int(p) % (h * w), w)) for p in picks]
-        for colour, (i, j) in chosen[k]:
-            taken[colour, i * w + j] = True
         sel = indices[y[indices] == k]
         for colour, (i, j) in chosen[k]:
             x[sel, :, i, j] = colours[colour][None, :]
