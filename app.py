@@ -6,11 +6,12 @@ from pathlib import Path
 import streamlit as st
 
 from ulviz import plots, ui
-from ulviz.config import DataConfig, ModelConfig, PoisonConfig, RunConfig, SALConfig, TrainConfig, parse_param
+from ulviz.data import list_datasets
 from ulviz.errors import UlvizError
-from ulviz.jobs import UPLOAD_LIMIT, JobManager, add_run_file, safe_name
+from ulviz.jobs import BUILT_IN_DATASETS, JobManager, add_run_file, launch_config, read_run_source
 from ulviz.models import list_models
-from ulviz.poisons import list_methods, method_info, resolve_params
+from ulviz.poisons import list_methods, method_info
+from ulviz.recipes import AUGMENTATIONS, list_recipes
 from ulviz.store import find_runs, runs_table
 from ulviz.ud import study_ud
 
@@ -24,84 +25,133 @@ st.caption(
 
 data_dir = ui.data_dir()
 jobs = JobManager(data_dir)
+ui.show_flash()
 
 # -- runs ------------------------------------------------------------------------------------
-paths = find_runs(data_dir)
+all_paths = find_runs(data_dir)
+paths = ui.visible_paths(data_dir)  # what every page shows: hidden runs left out
 st.subheader(f"Runs in {data_dir}")
-if not paths:
+if not all_paths:
     st.info(f"No run files (*.h5) in {data_dir}. Create one with "
             "`ulviz train --dataset digits --model lenet5 --epochs 30 --out data/runs/clean.h5`, "
             "the demo study with `ulviz demo`, or the form below.")
 else:
-    table = runs_table(paths)
-    st.dataframe(table, width="stretch", hide_index=True)
-    st.caption("One row per run file: its unlearnable method, model, dataset, epochs done, status and final "
-               "accuracies (train = on the data it trained on, test = clean test set).")
     runs = ui.readable_runs(data_dir)  # reports each unreadable file in an error box
+    label_of = {str(r.path): label for label, r in ui.all_runs(data_dir)[0].items()}
+    table = runs_table(paths)
+    if len(table):
+        table.insert(0, "run", [label_of.get(f, "") for f in table["file"]])
+    st.dataframe(table, width="stretch", hide_index=True)
+    hidden = len(all_paths) - len(paths)
+    st.caption("One row per run file: its label on every page, unlearnable method, model, dataset, epochs done, "
+               "status and final accuracies (train = on the data it trained on, test = clean test set)."
+               + (f" {hidden} hidden run file(s) not shown (see Manage runs)." if hidden else ""))
     if runs:
-        st.plotly_chart(plots.metrics_figure({n: r.metrics for n, r in runs.items()}), width="stretch")
+        st.plotly_chart(plots.metrics_figure({n: r.metrics for n, r in runs.items()}, ui.colours(data_dir)),
+                        width="stretch")
         st.caption(plots.CAPTIONS["metrics"])
     study = ui.guard(study_ud, paths)
     if study is not None:
-        ud, result, skipped = study
         st.subheader("Unlearnable Distance")
-        st.caption(f"UD = learnable layers per epoch / the clean run's; a layer is learnable when its SAL "
-                   f"exceeds the clean run's threshold {result.threshold:.4g}. Clean = 1, truly unlearnable = 0.")
-        st.dataframe(ud, width="stretch", hide_index=True)
-        for w in result.warnings:
-            st.warning(w)
+        st.caption(f"UD = learnable layers per epoch / the clean reference's ({ui.label_of(study.reference.path)}); "
+                   f"a layer is learnable when its SAL exceeds the reference's threshold "
+                   f"{study.result.threshold:.4g}. Clean = 1, truly unlearnable = 0, above 1 = more layers still "
+                   "learning than in clean training (something is learned, just not the clean task). Runs without "
+                   "SAL have no UD. Details, and another clean reference: the Unlearnable Distance page.")
+        st.dataframe(study.table, width="stretch", hide_index=True)
+        ui.show_warnings(study.skipped + study.result.warnings)
+
+# -- manage runs -----------------------------------------------------------------------------
+if all_paths:
+    with st.expander("Manage runs: hide, rename, delete"):
+        name_of = {str(r.path.resolve()): label for label, r in ui.all_runs(data_dir)[0].items()}
+        options = [str(p.resolve()) for p in all_paths]
+
+        def describe(path: str) -> str:
+            return name_of.get(path) or f"{Path(path).name} (unreadable)"
+
+        ui.hidden_runs_picker(options, describe)
+        c1, c2 = st.columns(2)
+        readable = [p for p in options if p in name_of]
+        target = c1.selectbox("Rename run", readable, format_func=describe, key="rename_target")
+        new_name = c1.text_input("New name (stored in the run file)", key="rename_name")
+        if c1.button("Rename", disabled=not readable) and target:
+            ui.act(jobs.rename_run, target, new_name, done=f"renamed {describe(target)} to {new_name.strip()}")
+
+        doomed = c2.selectbox("Delete run file", options, format_func=describe, key="delete_target")
+        sure = c2.checkbox("Yes, delete this file from disk for good", key="delete_sure")
+        if c2.button("Delete", disabled=not sure) and doomed:
+            ui.act(jobs.delete_run, doomed, done=f"deleted {doomed}", reset=["delete_sure"])
 
 # -- load a run file -------------------------------------------------------------------------
 with st.expander("Load a run file"):
-    typed = st.text_input("Path of a run file (.h5) to copy into the data directory")
+    typed = st.text_input("Path of a run file (.h5), or of a directory holding some, to copy into the data directory")
+    source = Path(typed.strip()).expanduser() if typed.strip() else None
+    if source is not None and source.is_dir():
+        found = sorted(p.name for p in source.glob("*.h5") if p.is_file())
+        if found:
+            source = source / st.selectbox(f"Run files in {source}", found)
+        else:
+            st.info(f"{source} is a directory with no .h5 file directly in it.")
     upload = st.file_uploader("or upload one", type=["h5"])
     if st.button("Load"):
         try:
             if upload is not None:
                 name, data = upload.name, upload.getvalue()
-            elif typed:
-                source = Path(typed).expanduser()
-                if not source.is_file():
-                    raise UlvizError(f"{typed}: no such file")
-                if source.stat().st_size > UPLOAD_LIMIT:  # before reading it all into memory
-                    raise UlvizError(f"{typed}: over the {UPLOAD_LIMIT >> 20} MB limit")
-                name, data = source.name, source.read_bytes()
+            elif source is not None:
+                name, data = read_run_source(source)
             else:
                 raise UlvizError("give a path or upload a file")
             target = add_run_file(data_dir, name, data)
-            st.success(f"loaded {name} as {target}")
-            st.rerun()
         except UlvizError as e:
             st.error(str(e))
+        else:
+            ui.flash(f"loaded {name} as {target}")
+            st.rerun()
 
 # -- launch a run ----------------------------------------------------------------------------
 st.subheader("Launch a run")
-with st.form("launch"):
-    c1, c2, c3 = st.columns(3)
+LOCAL = [d for d in list_datasets() if d not in BUILT_IN_DATASETS]
+with st.form("launch", enter_to_submit=False):  # Enter in a text box must not launch a job
+    c1, c2, c3, c4 = st.columns(4)
     name = c1.text_input("Run name", "my-run")
-    dataset = c1.selectbox("Dataset", ["digits", "synthetic"], help="Local-file datasets: use the CLI.")
+    dataset = c1.selectbox("Dataset", list_datasets())
+    dataset_dir = c1.text_input("Dataset files (directory, or .npz file)", "",
+                                help=f"Only for the datasets read from local files ({', '.join(LOCAL)}); "
+                                     "CIFAR in its binary layout (the pickle layout is refused here).")
+    train_limit = c1.number_input("Training samples (0 = all)", 0, 10_000_000, 0, step=500)
     model = c1.selectbox("Model", list_models(), index=list_models().index("lenet5"))
     method = c2.selectbox("Unlearnable method", [m for m in list_methods() if m != "import"])
     params_text = c2.text_input("Method parameters (key=value, comma-separated)", "",
                                 help="e.g. mode=class, eps=0.0627; defaults: " + "; ".join(
                                     f"{m}: {', '.join(method_info(m).defaults) or '-'}" for m in list_methods()))
     ratio = c2.slider("Poison ratio", 0.0, 1.0, 1.0, 0.05)
-    epochs = c3.number_input("Epochs", 1, 500, 10)
-    seed = c3.number_input("Seed", 0, 1_000_000, 0)
-    sal = c3.selectbox("SAL after every epoch", ["exact", "fast", "none"])
+    recipe = c3.selectbox("Training recipe", ["default"] + list_recipes(),
+                          format_func=lambda r: "the dataset's (paper on CIFAR, quick elsewhere)" if r == "default" else r,
+                          help="quick: SGD lr 0.05, cosine, batch 64, no augmentation. paper: SGD lr 0.1, constant, "
+                               "batch 128, crop + flip on natural images (the papers' training).")
+    lr = c3.number_input("Learning rate (0 = the recipe's)", 0.0, 10.0, 0.0, step=0.01, format="%.4f")
+    batch = c3.number_input("Batch size (0 = the recipe's)", 0, 8192, 0)
+    augment = c3.selectbox("Augmentation", ["recipe"] + list(AUGMENTATIONS),
+                           format_func=lambda a: "the recipe's" if a == "recipe" else a)
+    epochs = c4.number_input("Epochs", 1, 500, 10)
+    seed = c4.number_input("Seed", 0, 1_000_000, 0)
+    sal = c4.selectbox("SAL after every epoch", ["fast", "exact", "none"],
+                       help="fast: cheap on any dataset (the default, as in `ulviz train`); exact: the paper's "
+                            "search, slow on natural images; none: no SAL (the run misses the SAL and UD pages). "
+                            "Compare UD only between runs of one estimator.")
     submitted = st.form_submit_button("Launch")
 if submitted:
     try:
-        params = dict(parse_param(item) for item in params_text.split(",") if item.strip())
-        config = RunConfig(name=safe_name(name), data=DataConfig(dataset), model=ModelConfig(model),
-                           poison=PoisonConfig(method, ratio, int(seed), params),
-                           train=TrainConfig(epochs=int(epochs), seed=int(seed), device="auto"),
-                           sal=SALConfig(estimator=sal))
-        resolve_params(method, params)  # unknown parameters refused here, not in the job
+        config = launch_config(name, dataset, model, method, params_text=params_text, ratio=ratio, epochs=epochs,
+                               seed=seed, sal=sal, recipe=None if recipe == "default" else recipe, lr=lr or None,
+                               batch_size=int(batch) or None, augment=None if augment == "recipe" else augment,
+                               dataset_dir=dataset_dir, train_limit=int(train_limit) or None)
         job = jobs.launch(config)
         st.success(f"launched {job.name} ({job.state}); it writes {job.out}")
     except UlvizError as e:
         st.error(str(e))
+
 
 # -- jobs --------------------------------------------------------------------------------------
 @st.fragment(run_every=2.0)  # follows running jobs by rereading their run files; the jobs only write
@@ -109,28 +159,37 @@ def show_jobs():
     all_jobs = jobs.poll()
     if not all_jobs:
         return
-    st.subheader("Jobs")
+    head, clear = st.columns([6, 1])
+    head.subheader("Jobs")
+    if clear.button("Clear finished jobs", help="Forget the jobs that are not queued or running "
+                                                "(their run files stay)."):
+        jobs.clear_finished()
+        all_jobs = jobs.jobs()
     for job in reversed(all_jobs[-10:]):
-        try:
-            run = ui.load_run(job.out) if Path(job.out).exists() else None
-        except UlvizError:
-            run = None
-        running = job.state == "started" and job.alive()
-        status = run.status if run is not None else ("waiting to start" if job.state == "queued" else job.state)
-        if job.state == "cancelled" and status in ("running", "interrupted"):
-            status = "cancelled"
-        done, total = (run.epochs_done if run is not None else 0), int(job.config["train"]["epochs"])
-        cols = st.columns([3, 5, 1])
-        cols[0].markdown(f"**{job.name}** · {job.config['poison']['method']} · {status}")
-        cols[1].progress(min(done / total, 1.0), text=f"epoch {done}/{total}")
-        if (running or job.state == "queued") and cols[2].button("Cancel", key=f"cancel-{job.id}"):
-            jobs.cancel(job.id)
-            st.rerun()
-        if run is not None and len(run.metrics) > 1:
-            with st.expander(f"{job.name}: metrics so far"):
-                st.dataframe(run.metrics, width="stretch", hide_index=True)
-        if status in ("failed", "interrupted") or (job.state == "started" and not running and run is None):
-            st.error(f"{job.name} {status}: last lines of its log\n\n```\n{job.log_tail()}\n```")
+        show_job(job)
+
+
+def show_job(job):
+    try:
+        run = ui.load_run(job.out) if Path(job.out).exists() else None
+    except UlvizError:
+        run = None
+    running = job.state == "started" and job.alive()
+    status = run.status if run is not None else ("waiting to start" if job.state == "queued" else job.state)
+    if job.state == "cancelled" and status in ("running", "interrupted"):
+        status = "cancelled"
+    done, total = (run.epochs_done if run is not None else 0), int(job.config["train"]["epochs"])
+    cols = st.columns([3, 5, 1])
+    cols[0].markdown(f"**{job.name}** · {job.config['poison']['method']} · {status}")
+    cols[1].progress(min(done / total, 1.0), text=f"epoch {done}/{total}")
+    if (running or job.state == "queued") and cols[2].button("Cancel", key=f"cancel-{job.id}"):
+        jobs.cancel(job.id)
+        st.rerun()
+    if run is not None and len(run.metrics) > 1:
+        with st.expander(f"{job.name}: metrics so far"):
+            st.dataframe(run.metrics, width="stretch", hide_index=True)
+    if status in ("failed", "interrupted") or (job.state == "started" and not running and run is None):
+        st.error(f"{job.name} {status}: last lines of its log\n\n```\n{job.log_tail()}\n```")
 
 
 show_jobs()

@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from ulviz import DataConfig, ModelConfig, PoisonConfig, RunConfig, TrainConfig, load_dataset, open_run, train
+from ulviz.demo import CPU_POISON_SETTINGS as CPU_SETTINGS  # what two CPU cores afford; see ulviz/demo.py
 from ulviz.poisons import list_budgets, make_poison
 from ulviz.recipes import apply_recipe, default_recipe, list_recipes
 
@@ -39,15 +40,6 @@ METHODS = [  # (label, method, params)
 # the issue's targets: ratio to clean at most (or, for the control, at least)
 TARGETS = {"em": ("<=", 0.5), "em/class": ("<=", 0.5), "lsp": ("<=", 0.5), "ops": ("<=", 0.5), "ar": ("<=", 0.5),
            "cuda": ("<=", 0.5), "rem": ("<=", 0.7), "tap": ("<=", 0.7), "random": (">=", 0.9)}
-# what two CPU cores afford (the originals' budgets are GPU-hours on 50,000 images); see README
-CPU_SETTINGS = {  # by label: class-wise em rounds are cheap and keep the original's stop rule
-    # per round the original's 10 surrogate steps of 512 (an epoch of the subset) instead of its
-    # 0.1 epoch (1 step here): with 1 step a round the surrogate needs ten times the rounds, and
-    # each round is a 20-step pass over every sample (minutes on 2 cores)
-    "em": {"max_rounds": 10, "train_fraction": 1.0},
-    "tap": {"steps": 100, "step": 1 / 255},  # the same total travel as the original's 250 steps of 0.4/255
-    "rem": {"train_epochs": 2, "samples": 1, "pgd_steps": 5, "rho_steps": 3},
-}
 
 
 def main():

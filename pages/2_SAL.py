@@ -3,7 +3,7 @@ import pandas as pd
 import streamlit as st
 
 from ulviz import plots, ui
-from ulviz.ud import unlearnable_distance
+from ulviz.ud import learnable_counts, unlearnable_distance
 
 ui.page("Sharpness-Aware Learnability per layer",
         "SAL of a layer: how far its loss can still move (up or down) when only that layer's weights move "
@@ -11,45 +11,52 @@ ui.page("Sharpness-Aware Learnability per layer",
         "flattens it.")
 
 runs = ui.runs_or_stop(need_sal=True, message="No run file with SAL here. Compute it with `ulviz sal RUN.h5` "
-                                              "or train with `--sal exact`.")
+                                              "or train with `--sal exact` (or `fast`).")
+colours = ui.colours()
 clean = ui.clean_name(runs)
 chosen = ui.pick_runs(runs, "Runs", 3, key="sal_runs")
 if not chosen:
     st.info("Choose at least one run in the sidebar.")
     st.stop()
-first = runs[chosen[0]]
-epochs = [int(e) for e in first.sal_epochs]
+epochs = sorted({int(e) for n in chosen for e in runs[n].sal_epochs})
 lo, hi = st.sidebar.select_slider("Epochs", options=epochs, value=(epochs[0], epochs[-1])) if len(epochs) > 1 \
     else (epochs[0], epochs[0])
+span = ui.describe_epochs([e for e in epochs if lo <= e <= hi])
 
+
+def window(run) -> pd.DataFrame:
+    """The run's SAL (rows = epochs, columns = layers) in the chosen epochs."""
+    frame = run.sal_frame()
+    return frame[(frame.index >= lo) & (frame.index <= hi)]
+
+
+frames = {n: window(runs[n]) for n in chosen}
 result = None
-if clean is not None:
+if clean is not None:  # the threshold comes from all of the clean run's epochs, as UD defines it
     same = {n: runs[n].sal["sal"] for n in chosen if runs[n].layer_names == runs[clean].layer_names}
     result = ui.guard(unlearnable_distance, runs[clean].sal["sal"], same)
-    for w in (result.warnings if result else []):
-        st.warning(w)
+    ui.show_warnings(result.warnings if result else [])
 else:
     st.warning("No clean run with SAL in this directory: no UD threshold to draw.")
+threshold = result.threshold if result else None
 
+st.plotly_chart(plots.sal_histogram({n: f.to_numpy() for n, f in frames.items()}, threshold,
+                                    colours=colours, epochs=span), width="stretch")
+st.caption(plots.CAPTIONS["sal_hist"] + f" Values from {span}. " + ui.sal_summary({n: runs[n] for n in chosen}))
 
-def window(run):
-    keep = (run.sal_epochs >= lo) & (run.sal_epochs <= hi)
-    return run.sal["sal"][keep]
-
-
-st.plotly_chart(plots.sal_histogram({n: window(runs[n]) for n in chosen}, result.threshold if result else None),
-                width="stretch")
-st.caption(plots.CAPTIONS["sal_hist"] + f" Epochs {lo}–{hi}.")
-
+zrange = plots.sal_range(frames.values())  # one colour range for every panel
 cols = st.columns(min(len(chosen), 2))
 for i, name in enumerate(chosen):
     with cols[i % len(cols)]:
-        st.plotly_chart(plots.sal_heatmap(runs[name].sal_frame(), name, result.threshold if result else None),
-                        width="stretch")
-        st.caption(plots.CAPTIONS["sal_heatmap"])
+        st.plotly_chart(plots.sal_heatmap(frames[name], name, threshold, zrange), width="stretch")
+        st.caption(plots.CAPTIONS["sal_heatmap"] + f" Same colour range on every panel ({zrange[0]:.3g} to "
+                   f"{zrange[1]:.3g}).")
 
 if result is not None:
     st.subheader("Which layers stay learnable")
-    table = pd.DataFrame({n: result.per_layer[n] for n in result.per_layer}, index=runs[clean].layer_names)
+    counts = {n: ui.guard(learnable_counts, frames[n].to_numpy(), threshold, n)
+              for n in result.per_layer if len(frames[n])}
+    table = pd.DataFrame({n: c[2] for n, c in counts.items() if c is not None}, index=runs[clean].layer_names)
     st.dataframe(table.style.format("{:.0%}"), width="stretch")
-    st.caption("Fraction of epochs in which each layer's SAL is above the clean run's threshold.")
+    st.caption(f"Fraction of the {span} in which each layer's SAL is above the UD threshold {threshold:.4g} "
+               "(set from all of the clean run's epochs).")

@@ -2,7 +2,8 @@
 import streamlit as st
 
 from ulviz import plots, ui
-from ulviz.landscape import run_landscape
+from ulviz.landscape import cached_landscapes
+from ulviz.store import landscape_cache_path
 from ulviz.trajectory import divergence, divergence_summary, layer_path, pca_plane
 
 ui.page("Optimization paths",
@@ -11,35 +12,46 @@ ui.page("Optimization paths",
         "one plane.")
 
 runs = ui.runs_or_stop()
+colours = ui.colours()
 names = ui.clean_first(runs)
 base = st.sidebar.selectbox("Run", names, key="path_base")
 others = ["(none)"] + [n for n in names if n != base and runs[n].layer_names == runs[base].layer_names]
 other = st.sidebar.selectbox("Compare with", others, index=1 if len(others) > 1 else 0, key="path_other")
+labels = [base] + ([other] if other != "(none)" else [])
+pair = [runs[n] for n in labels]
+cache_file = landscape_cache_path(ui.data_dir(), pair[0])
+# the contour's widgets open on the settings of the plane cached for this pair, if any
+partner = pair[1].path.name if len(pair) > 1 else None
+found = [s for s in ui.guard(cached_landscapes, pair[0].path, cache_file) or []
+         if s.get("kind") == "pca" and s.get("other") == partner]
+cached = found[0] if found else {}
 with_contour = st.sidebar.checkbox("Loss contour under the paths", value=True)
-resolution = st.sidebar.select_slider("Contour resolution", [11, 21, 41], value=21)
-pair = [runs[base]] + ([runs[other]] if other != "(none)" else [])
+resolution = st.sidebar.select_slider("Contour resolution", [11, 21, 41], value=cached.get("resolution", 21))
+subset = st.sidebar.number_input("Contour samples (0 = all)", 0, 100_000, int(cached.get("subset") or 0), step=64,
+                                 help="The first N clean test images the loss under the paths is measured on.")
 
 plane = ui.guard(pca_plane, pair)
 if plane is not None:
     land = None
     if with_contour:
-        land = ui.guard(run_landscape, pair[0].path, "pca", resolution=resolution,
-                        other=pair[1].path if len(pair) > 1 else None, progress=ui.progress_callback("loss on the plane"))
-    st.plotly_chart(plots.path_figure(plane, [r.name for r in pair], land), width="stretch")
+        request = (pair[0].path, "pca", dict(resolution=resolution, subset=subset or None, cache_file=cache_file,
+                                             other=pair[1].path if len(pair) > 1 else None))
+        land = ui.landscapes_on_request({labels[0]: request}, key="paths").get(labels[0])
+    st.plotly_chart(plots.path_figure(plane, labels, land, colours), width="stretch")
     st.caption(plots.CAPTIONS["paths"])
 
 st.subheader("One layer's path")
 layer = st.selectbox("Layer", runs[base].layer_names)
 lp = ui.guard(layer_path, runs[base], layer, pair[1] if len(pair) > 1 else None)
 if lp is not None:
-    st.plotly_chart(plots.path_figure(lp, [r.name for r in pair]), width="stretch")
+    st.plotly_chart(plots.path_figure(lp, labels, colours=colours), width="stretch")
     st.caption(f"The path of {layer} alone (PCA within that tensor).")
 
 if len(pair) > 1:
     st.subheader("Per-layer divergence")
     table = ui.guard(divergence, pair[0], pair[1])
     if table is not None:
-        st.plotly_chart(plots.divergence_heatmap(table, pair[1].name), width="stretch")
+        st.plotly_chart(plots.divergence_heatmap(table, labels[1], labels[0]), width="stretch")
         st.caption(plots.CAPTIONS["divergence"])
         st.dataframe(divergence_summary(table), width="stretch", hide_index=True)
         st.caption("Per layer: distance at the last epoch, and the mean cosine between the two runs' updates "

@@ -2,26 +2,54 @@
 import streamlit as st
 
 from ulviz import plots, ui
-from ulviz.store import find_runs
+from ulviz.sal import describe_sal
 from ulviz.ud import study_ud
 
 ui.page("Unlearnable Distance",
-        "UD = the number of learnable layers per epoch of a protected run divided by the clean run's (Ye, "
+        "UD = the number of learnable layers per epoch of a protected run divided by the clean reference's (Ye, "
         "Su, Qian, ICLR 2025): 1 means the protection changed nothing, 0 means truly unlearnable.")
 
 directory = ui.data_dir()
-paths = find_runs(directory)
-study = ui.guard(study_ud, paths)
-if study is None:
+paths = ui.visible_paths(directory)
+first = ui.guard(study_ud, paths)
+if first is None:
     st.info("UD needs a clean run and protected runs of the same model, all with SAL, in the data directory.")
     st.stop()
-table, result, skipped = study
-for msg in skipped + result.warnings:
-    st.warning(msg)
-st.plotly_chart(plots.ud_bars(table), width="stretch")
-st.caption(plots.CAPTIONS["ud"] + f" Threshold {result.threshold:.4g} (from the clean run).")
-st.dataframe(table, width="stretch", hide_index=True)
+reference = first.reference.path
+if len(first.candidates) > 1:
+    reference = st.sidebar.selectbox("Clean reference", first.candidates, format_func=lambda p: ui.label_of(p),
+                                     help="UD counts learnable layers relative to this clean run; the threshold "
+                                          "comes from its SAL. Only runs of its model are compared.")
+study = first if reference == first.reference.path else ui.guard(study_ud, paths, reference)
+if study is None:
+    st.stop()
+table, result = study.table, study.result
+
+st.markdown(
+    f"**Reference**: {ui.label_of(study.reference.path)} ({study.reference.path}). "
+    f"**How the SAL was measured**: {describe_sal(study.reference.sal_settings, study.reference.sal_epochs)}. "
+    "The same settings for every run compared here.")
+st.plotly_chart(plots.ud_bars(table, colours=ui.colours()), width="stretch")
+st.caption(plots.CAPTIONS["ud"] + f" Threshold {result.threshold:.4g} (from the reference's SAL).")
+with st.expander("How to read UD", expanded=False):
+    st.markdown(
+        "- **UD near 1**: as many layers stay sharp (learnable) as in clean training; the protection "
+        "does not stop learning.\n"
+        "- **UD near 0**: almost no layer is learnable any more: close to truly unlearnable.\n"
+        "- **UD above 1**: *more* layers stay sharp than in clean training. The network is still learning "
+        "something, just not the clean task (typically the shortcut the protection planted); it is far from "
+        "unlearnable even when its clean-test accuracy collapses.\n"
+        "- A run **without SAL rows has no UD** (not 0): compute its SAL with `ulviz sal RUN.h5`.\n"
+        "- A second **clean** run (role *clean*) is not a protected run: its UD shows how much clean "
+        "training itself varies, a yardstick for the differences between methods.")
+st.dataframe(table, width="stretch", hide_index=True, column_config={
+    "UD": st.column_config.NumberColumn(format="%.3f"), "count": st.column_config.NumberColumn(
+        "learnable layers / epoch", format="%.2f"),
+    "final_test_acc": st.column_config.NumberColumn("final clean-test acc", format="%.3f")})
 st.download_button("Download the table (CSV)", table.to_csv(index=False), "ud.csv", "text/csv")
-epochs = {n: list(range(1, len(v) + 1)) for n, v in result.per_epoch.items()}
-st.plotly_chart(plots.counts_per_epoch(result.per_epoch, epochs), width="stretch")
+st.plotly_chart(plots.counts_per_epoch(result.per_epoch, study.sal_epochs(), colours=ui.colours()), width="stretch")
 st.caption(plots.CAPTIONS["counts"])
+notes = study.skipped + result.warnings
+if notes:
+    with st.expander(f"{len(notes)} run(s) or value(s) left out"):
+        st.markdown("\n".join(f"- {m}" for m in notes))

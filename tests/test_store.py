@@ -25,14 +25,14 @@ def test_round_trip_every_array(tmp_path):
     for k in run.metrics:  # float64 in, float64 out: bit-exact (NaN lr of epoch 0 included)
         np.testing.assert_array_equal(run.metrics[k].to_numpy(), [h[k] for h in result.history])
     assert run.tensor_names == list(states[0])
-    assert "1.running_mean" in run.tensor_names and "1.running_mean" not in run.param_names
-    assert run.layer_names == ["0.weight", "3.weight", "7.weight", "13.weight"]
+    assert "bn1.running_mean" in run.tensor_names and "bn1.running_mean" not in run.param_names
+    assert run.layer_names == ["conv1.weight", "conv2.weight", "conv3.weight", "fc.weight"]
     for epoch, state in enumerate(states):
         snap = run.snapshot(epoch)
         for k, v in state.items():
             assert torch.equal(snap[k], v), (epoch, k)
-    path = run.weights_path("0.weight")
-    assert path.shape == (4, 4, 1, 3, 3) and np.array_equal(path[-1], states[-1]["0.weight"].numpy())
+    path = run.weights_path("conv1.weight")
+    assert path.shape == (4, 4, 1, 3, 3) and np.array_equal(path[-1], states[-1]["conv1.weight"].numpy())
     with pytest.raises(RunFileError, match="epoch 9"):
         run.snapshot(9)
 

@@ -105,3 +105,60 @@ def test_cli_ud_on_run_files(tmp_path, capsys):
     train(replace(tiny_config(epochs=1), name="nosal"), tmp_path / "nosal.h5")
     assert main(["ud", paths[0], str(tmp_path / "nosal.h5")]) == 2
     assert "ulviz sal" in capsys.readouterr().err
+
+
+def _sal_runs(tmp_path, specs):
+    """Tiny runs with fast SAL: specs = [(file stem, method, seed)]."""
+    from dataclasses import replace
+    paths = {}
+    for stem, method, seed in specs:
+        cfg = tiny_config(epochs=2, seed=seed)
+        cfg = replace(cfg, name=method, sal=SALConfig(estimator="fast", subset=100),
+                      poison=replace(cfg.poison, method=method))
+        train(cfg, tmp_path / f"{stem}.h5")
+        paths[stem] = str(tmp_path / f"{stem}.h5")
+    return paths
+
+
+def test_cli_ud_takes_the_clean_run_as_reference_whatever_the_order(tmp_path, capsys):
+    p = _sal_runs(tmp_path, [("a-noise", "random", 0), ("b-clean", "clean", 0)])
+    # the protected run comes first (as `ulviz ud data/demo/*.h5` lists ar.h5 first): still the clean one is the reference
+    assert main(["ud", p["a-noise"], p["b-clean"], "--csv", str(tmp_path / "ud.csv")]) == 0
+    assert f"reference: {p['b-clean']}" in capsys.readouterr().out
+    import pandas as pd
+    table = pd.read_csv(tmp_path / "ud.csv")
+    assert list(table["method"]) == ["clean", "random"] and list(table["role"]) == ["reference", "protected"]
+    assert table["UD"][0] == 1.0
+
+
+def test_cli_ud_refuses_without_or_with_several_clean_runs_unless_named(tmp_path, capsys):
+    p = _sal_runs(tmp_path, [("clean0", "clean", 0), ("clean1", "clean", 1), ("noise", "random", 0)])
+    assert main(["ud", p["noise"]]) == 2
+    assert "no clean run" in capsys.readouterr().err
+    assert main(["ud", p["clean0"], p["clean1"], p["noise"]]) == 2
+    err = capsys.readouterr().err
+    assert "several clean runs" in err and "--clean" in err
+    # named: the other clean run is listed as clean, not as a protected run, with its own UD
+    assert main(["ud", p["clean0"], p["clean1"], p["noise"], "--clean", p["clean1"], "--csv", str(tmp_path / "u.csv")]) == 0
+    import pandas as pd
+    table = pd.read_csv(tmp_path / "u.csv")
+    assert table["run"][0] == "clean (clean1.h5)"
+    assert list(table["role"]) == ["reference", "clean", "protected"]
+    assert table["run"][1] == "clean (clean0.h5)"  # two runs named "clean": labelled by file, as on every page
+
+
+def test_study_ud_reference_choice_and_runs_without_sal(tmp_path):
+    from dataclasses import replace
+    from ulviz.ud import study_ud
+    p = _sal_runs(tmp_path, [("clean0", "clean", 0), ("clean1", "clean", 1), ("noise", "random", 0)])
+    train(replace(tiny_config(epochs=1), name="nosal"), tmp_path / "nosal.h5")
+    paths = sorted(tmp_path.glob("*.h5"))
+    first = study_ud(paths)
+    assert str(first.reference.path) == p["clean0"] and len(first.candidates) == 2
+    assert any("nosal" in m and "no UD" in m for m in first.skipped)  # no SAL: no UD, not a UD of 0
+    assert "nosal" not in set(first.table["run"])
+    other = study_ud(paths, p["clean1"])
+    assert str(other.reference.path) == p["clean1"]
+    # the threshold is the reference's: choosing the other clean run changes the numbers
+    assert other.result.threshold != first.result.threshold
+    assert other.sal_epochs()[other.table["run"][0]] == [1, 2]

@@ -4,6 +4,7 @@ The public API (everything else is internal)::
 
     from ulviz import RunConfig, train, open_run, load_dataset, create_model
     from ulviz import layer_sal, unlearnable_distance, plane, line, run_landscape, pca_plane
+    from ulviz import ToyConfig, lesson      # the teaching page's two-weight model, exactly
 """
 __version__ = "0.1.0"
 
@@ -19,6 +20,7 @@ from .sal import layer_sal
 from .ud import unlearnable_distance
 from .landscape import interpolation, line, plane, run_landscape
 from .trajectory import divergence, pca_plane
+from .teaching import ToyConfig, lesson
 
 __all__ = [
     "__version__",
@@ -33,4 +35,5 @@ __all__ = [
     "layer_sal", "unlearnable_distance",
     "interpolation", "line", "plane", "run_landscape",
     "divergence", "pca_plane",
+    "ToyConfig", "lesson",
 ]

@@ -60,7 +60,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=int, default=tc.epochs)
     t.add_argument("--seed", type=int, default=tc.seed)
     t.add_argument("--device", default=tc.device, help="auto, cpu, cuda, cuda:1, mps")
-    t.add_argument("--sal", default="none", choices=["exact", "fast", "none"], help="SAL after every epoch")
+    t.add_argument("--sal", default="fast", choices=["exact", "fast", "none"],
+                   help="per-layer SAL after every epoch, so the run reaches the SAL and UD pages. Default, as in "
+                        "the dashboard's form: fast (the search linearized into a few projected gradient steps "
+                        "per layer, on the first 1024 samples: cheap on any dataset). exact: the paper's "
+                        "10-round search over the whole split, about 20 passes per layer per epoch, slow on "
+                        "natural images (limit it with --sal-subset, or compute it afterwards on chosen epochs "
+                        "with `ulviz sal`). Compare UD only between runs of one estimator")
     _sal_options(t)
     t.add_argument("--overwrite", action="store_true", help="replace an existing run file")
     t.add_argument("--config", help="a RunConfig as JSON (a file); replaces every other training option")
@@ -86,9 +92,10 @@ def _parser() -> argparse.ArgumentParser:
     po.add_argument("--out", help="also save the protected training set as .npz (x_train, y_train, indices)")
     po.add_argument("--quiet", action="store_true")
 
-    dm = sub.add_parser("demo", help="regenerate the bundled demo study (data/demo)")
-    dm.add_argument("--out", help="directory to write the demo runs to (default: the bundled data/demo)")
-    dm.add_argument("--epochs", type=int, default=30)
+    dm = sub.add_parser("demo", help="regenerate a demo study: cifar10 (the bundled data/demo) or digits (data/demo-digits)")
+    dm.add_argument("--study", default="cifar10", help="cifar10 (about an hour on 2 CPU cores) or digits (minutes)")
+    dm.add_argument("--out", help="directory to write the demo runs to (default: the study's, data/demo or data/demo-digits)")
+    dm.add_argument("--epochs", type=int, help="default: the study's (16 for cifar10, 30 for digits)")
     dm.add_argument("--methods", help="comma-separated subset of the demo runs (clean is always made)")
 
     s = sub.add_parser("sal", help="compute per-layer SAL for every epoch of a run file (resumable)")
@@ -100,8 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     _sal_options(s)
 
     u = sub.add_parser("ud", help="Unlearnable Distance of runs against a clean run")
-    u.add_argument("clean", help="the clean run: a run file, or an output.log of the original implementation")
-    u.add_argument("runs", nargs="+", help="protected runs (run files or output.log files)")
+    u.add_argument("runs", nargs="+", help="run files (or output.log files of the original implementation)")
+    u.add_argument("--clean", help="the clean reference (default: the one run among RUNS whose method is clean)")
     u.add_argument("--csv", help="also write the table as CSV")
     u.add_argument("--json", help="also write the result as JSON")
 
@@ -241,9 +248,12 @@ def _sal(args) -> int:
 
 
 def _ud(args) -> int:
-    from .ud import ud_table
+    from .ud import choose_clean, load_sal_source, ud_table
 
-    table, result = ud_table(args.clean, args.runs)
+    sources = [load_sal_source(p) for p in args.runs]
+    clean = choose_clean(sources, args.clean)
+    table, result = ud_table(clean, [s for s in sources if s is not clean])
+    print(f"reference: {clean.path} (clean)")
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(f"threshold {result.threshold:.6f}   clean learnable layers per epoch {result.clean_count:.3f}")
@@ -259,10 +269,11 @@ def _ud(args) -> int:
 
 
 def _demo(args) -> int:
-    from .demo import DEMO_DIR, make_demo
+    from .demo import make_demo
     from .ud import ud_table
 
-    paths = make_demo(args.out or DEMO_DIR, args.epochs, methods=args.methods.split(",") if args.methods else None)
+    paths = make_demo(args.out, args.epochs, methods=args.methods.split(",") if args.methods else None,
+                      study=args.study)
     table, result = ud_table(paths[0], paths[1:])
     print(f"threshold {result.threshold:.6f}")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))

@@ -102,10 +102,23 @@ def _to_unit_float(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(x, dtype=np.float32))
 
 
+# the repository's root: run files of the bundled demo name their data relative to it
+# ("data/cifar10-subset"), so they read the same from any working directory
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def local_path(data_dir: str) -> Path:
+    """`data_dir` as given (relative to the working directory), else relative to the project's root."""
+    path = Path(data_dir).expanduser()
+    if not path.exists() and not path.is_absolute() and (PROJECT_ROOT / path).exists():
+        return PROJECT_ROOT / path
+    return path
+
+
 def _require_dir(config: DataConfig) -> Path:
     if not config.data_dir:
         raise DataError(f"dataset {config.name!r} is read from local files: give --data-dir")
-    path = Path(config.data_dir).expanduser()
+    path = local_path(config.data_dir)
     if not path.exists():
         raise DataError(f"{path}: no such directory (dataset {config.name!r})")
     return path
@@ -292,7 +305,7 @@ def _npz(config: DataConfig) -> Dataset:
     """A user's .npz with x_train, y_train, x_test, y_test (NHWC or NCHW or NHW; uint8 or float in [0, 1])."""
     if not config.data_dir:
         raise DataError("dataset 'npz' needs the path of the .npz file (--data-dir FILE.npz)")
-    path = Path(config.data_dir).expanduser()
+    path = local_path(config.data_dir)
     with open_npz(path) as archive:
         missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in archive.files]
         if missing:

@@ -69,6 +69,55 @@ def add_run_file(data_dir: str | Path, name: str, data: bytes) -> Path:
     return target
 
 
+def read_run_source(path: str | Path) -> tuple[str, bytes]:
+    """(file name, bytes) of a run file named by the user, for :func:`add_run_file`; a clear
+    error for a path that is missing, a directory (naming the .h5 files directly in it) or too big."""
+    source = Path(path).expanduser()
+    if source.is_dir():
+        found = sorted(p.name for p in source.glob("*.h5") if p.is_file())
+        holds = f"it holds {', '.join(found[:10])}{' ...' if len(found) > 10 else ''}" if found else \
+            "it holds no .h5 file"
+        raise UlvizError(f"{path} is a directory, not a run file; {holds}")
+    if not source.is_file():
+        raise UlvizError(f"{path}: no such file")
+    if source.stat().st_size > UPLOAD_LIMIT:  # checked before reading it all into memory
+        raise UlvizError(f"{path}: over the {UPLOAD_LIMIT >> 20} MB limit")
+    return source.name, source.read_bytes()
+
+
+BUILT_IN_DATASETS = ("digits", "synthetic")  # the datasets that need no local files
+
+
+def launch_config(name: str, dataset: str, model: str, method: str, *, params_text: str = "", ratio: float = 1.0,
+                  epochs: int = 10, seed: int = 0, sal: str = "fast", recipe: str | None = None,
+                  lr: float | None = None, batch_size: int | None = None, augment: str | None = None,
+                  dataset_dir: str = "", train_limit: int | None = None) -> RunConfig:
+    """The RunConfig of the dashboard's launch form, checked before any job starts: the name made
+    file-safe, the method's parameters ("key=value, ...") known to it, the recipe (None = the
+    dataset's default) resolved with the explicit overrides (None = the recipe's value), and the
+    dataset's files, for a local-file dataset, found and made absolute (a job runs in the data
+    directory, where a relative path would point elsewhere)."""
+    from .config import DataConfig, ModelConfig, PoisonConfig, SALConfig, TrainConfig, parse_param
+    from .poisons import resolve_params
+    from .recipes import apply_recipe, default_recipe
+
+    params = dict(parse_param(item) for item in params_text.split(",") if item.strip())
+    resolve_params(method, params)  # unknown parameters refused here, not in the job
+    files = None
+    if dataset not in BUILT_IN_DATASETS:
+        if not dataset_dir.strip():
+            raise UlvizError(f"dataset {dataset!r} is read from local files: give their directory (or .npz file)")
+        files = Path(dataset_dir.strip()).expanduser().resolve()
+        if not files.exists():
+            raise UlvizError(f"{dataset_dir}: no such directory or file (dataset {dataset!r})")
+    train = apply_recipe(TrainConfig(epochs=int(epochs), seed=int(seed), device="auto"),
+                         recipe or default_recipe(dataset), dataset, lr=lr, batch_size=batch_size, augment=augment)
+    return RunConfig(name=safe_name(name), data=DataConfig(dataset, None if files is None else str(files),
+                                                           train_limit=train_limit or None),
+                     model=ModelConfig(model), poison=PoisonConfig(method, float(ratio), int(seed), params),
+                     train=train, sal=SALConfig(estimator=sal))
+
+
 @dataclass
 class Job:
     id: str  # unique, also the record's file name
@@ -95,6 +144,10 @@ class Job:
             return done == 0
         except ChildProcessError:
             return True  # not our child: it exists
+
+    def active(self) -> bool:
+        """Queued, or its process still running (a cancelled one may take a moment to end)."""
+        return self.state == "queued" or self.alive()
 
     def log_tail(self, lines: int = 12) -> str:
         try:
@@ -149,6 +202,58 @@ class JobManager:
         job.state = "cancelled"
         self._save(job)
         return job
+
+    def clear_finished(self) -> int:
+        """Forget every job that is neither queued nor running: its record, config and log go
+        (the run file it wrote stays). Returns how many were removed."""
+        gone = [j for j in self.jobs() if not j.active()]
+        for job in gone:
+            self._forget(job)
+        return len(gone)
+
+    def delete_run(self, path: str | Path) -> Path:
+        """Delete a run file of this data directory, with the records of the finished jobs that
+        wrote it (so its name is free again). Refused for a file outside the data directory, in
+        the bundled demo (read-only), or that a queued or running job writes."""
+        target = self._own_run_file(path)
+        target.unlink()
+        for job in self.jobs():
+            if Path(job.out) == target:
+                self._forget(job)
+        return target
+
+    def rename_run(self, path: str | Path, name: str):
+        """Change a run file's display name (:func:`ulviz.store.rename_run`), with the refusals
+        of :meth:`delete_run`. Returns the new config."""
+        from .store import rename_run
+
+        return rename_run(self._own_run_file(path), name)
+
+    def _own_run_file(self, path: str | Path) -> Path:
+        from .demo import DEMO_DIR
+        from .store import open_run
+
+        target = inside(self.data_dir, path)
+        demo = DEMO_DIR.resolve()
+        if target == demo or demo in target.parents:
+            raise UlvizError(f"{target.name} belongs to the bundled demo ({demo}), which is read-only; "
+                             "copy the demo elsewhere to change it")
+        if not target.is_file():
+            raise UlvizError(f"{path}: no such run file")
+        if any(Path(j.out) == target and j.active() for j in self.jobs()):
+            raise UlvizError(f"{target.name} is written by a job that is queued or running; cancel it first")
+        try:
+            status = open_run(target).status
+        except UlvizError:
+            status = "unreadable"  # no writer to protect: it may be deleted
+        if status == "running":  # "running" only while its writer lives: a process that is not our job
+            raise UlvizError(f"{target.name} is still being written; wait until its run ends")
+        return target
+
+    def _forget(self, job: Job) -> None:
+        for f in (self.dir / f"{job.id}.json", self.dir / f"{job.id}.config.json", Path(job.log)):
+            if f.parent == self.dir:  # a record names its log: never remove a file elsewhere
+                f.unlink(missing_ok=True)
 
     def jobs(self) -> list[Job]:
         """Every job record, oldest first (unreadable records are skipped)."""

@@ -25,6 +25,7 @@ first axis.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -581,15 +582,22 @@ def run_data(run, split: str = "test", subset: int | None = None) -> tuple[torch
 
 
 def _run_dataset(run):
+    return _dataset(run.config.data)
+
+
+@functools.lru_cache(maxsize=4)
+def _dataset(config):
+    """The dataset of a DataConfig, read once per process: a dashboard rerun must not reread
+    CIFAR's files (never modified in place: protected or subset copies are new tensors)."""
     from .data import load_dataset
-    return load_dataset(run.config.data)
+    return load_dataset(config)
 
 
 def run_landscape(path, kind: str = "plane", *, epoch: int = -1, resolution: int = 41,
                   span: float | tuple[float, float] | None = None, normalization: str = "filter", seed: int = 0,
                   keep_biasbn: bool = False, layer: str | None = None, split: str = "test",
                   subset: int | None = None, other=None, coarse: int | None = None, device=None,
-                  cache: bool = True, compute: bool = True,
+                  cache: bool = True, compute: bool = True, cache_file: str | Path | None = None,
                   progress: Callable[[int, int], None] | None = None) -> Landscape | None:
     """A landscape of the run file at `path`, read from its cache or computed and cached there.
 
@@ -600,7 +608,9 @@ def run_landscape(path, kind: str = "plane", *, epoch: int = -1, resolution: int
     final weights; `span` is then the
     margin around the path, as a fraction of its extent). `span` defaults to (-1, 1), (-0.5, 1.5)
     for "interp" and a margin of 0.25 for "pca". Points already cached are not recomputed;
-    `compute=False` returns only what is cached (None if nothing is).
+    `compute=False` returns only what is cached (None if nothing is). With `cache_file` (see
+    :func:`ulviz.store.landscape_cache_path`) the run file is only read: what it lacks is read
+    from and written to that file instead.
     """
     from .store import open_run, read_landscape, write_landscape_points
     if kind not in KINDS:
@@ -643,10 +653,15 @@ def run_landscape(path, kind: str = "plane", *, epoch: int = -1, resolution: int
     else:
         axes = [_axis(resolution, settings["span"])] * (2 if kind == "plane" else 1)
     cached = read_landscape(run.path, settings) if cache else None
+    target = run.path
+    if cache and cache_file is not None:
+        target = Path(cache_file)
+        if cached is None or not cached["done"].all():
+            cached = _read_cache_file(target, settings) or cached
     if not compute:
         return None if cached is None else _from_cache(cached, settings)
     x, y = run_data(run, split, subset)
-    writer = _ThrottledWriter(run.path, settings, axes, write_landscape_points, progress) if cache else None
+    writer = _ThrottledWriter(target, settings, axes, write_landscape_points, progress) if cache else None
     known = None if cached is None else (cached["loss"], cached["acc"], cached["done"])
     if writer and cached is not None:
         writer.done = int(cached["done"].sum())
@@ -669,6 +684,39 @@ def run_landscape(path, kind: str = "plane", *, epoch: int = -1, resolution: int
             writer.flush()
     land.settings = {**settings, **{k: v for k, v in land.settings.items() if k == "explained"}}
     return land
+
+
+def cached_landscapes(path, cache_file: str | Path | None = None) -> list[dict]:
+    """Settings of the landscapes cached for the run file at `path` (in it, then in `cache_file`),
+    each with "complete", the fraction of its points computed."""
+    from .store import list_landscapes
+    found = list_landscapes(path)
+    if cache_file is not None and Path(cache_file).exists():
+        try:
+            found += list_landscapes(cache_file)
+        except UlvizError:
+            pass  # a damaged cache holds nothing; it is replaced on the next write
+    return found
+
+
+def landscape_cost(run, kind: str, resolution: int, split: str = "test", subset: int | None = None) -> tuple[int, int]:
+    """(grid points, samples per point) of a landscape: its cost is their product in forward
+    passes of one image (an interpolation or line has `resolution` points, a plane its square)."""
+    ds = _run_dataset(run)
+    n = len(ds.y_test) if split == "test" else len(ds.y_train)
+    return resolution ** (2 if kind in ("plane", "pca") else 1), min(n, subset or n)
+
+
+def _read_cache_file(path: Path, settings: dict) -> dict | None:
+    """A landscape cache file's points for `settings`; a missing or damaged file holds none."""
+    from .store import read_landscape
+    if not path.exists():
+        return None
+    try:
+        return read_landscape(path, settings)
+    except UlvizError:
+        path.unlink(missing_ok=True)  # only recomputable points are lost
+        return None
 
 
 def _padded(values: np.ndarray, margin: float) -> tuple[float, float]:

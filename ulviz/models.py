@@ -91,18 +91,19 @@ _register("lenet5")(LeNet5)
 
 @_register("cnn")
 def _cnn(in_shape, k, width):
-    """A small conv net with batch norm: w, 2w, 4w channels, global average pooling, one fc."""
+    """A small conv net with batch norm: w, 2w, 4w channels, global average pooling, one fc.
+    Its modules are named (conv1, bn1, ..., fc) so that layer names read as such in every table."""
     c = in_shape[0]
     w = width or 32
 
-    def block(cin, cout, pool):
-        layers = [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
-        return layers + ([nn.MaxPool2d(2)] if pool else [])
+    def block(i, cin, cout, pool):
+        layers = [(f"conv{i}", nn.Conv2d(cin, cout, 3, padding=1, bias=False)), (f"bn{i}", nn.BatchNorm2d(cout)),
+                  (f"relu{i}", nn.ReLU())]
+        return layers + ([(f"pool{i}", nn.MaxPool2d(2))] if pool else [])
 
-    return nn.Sequential(
-        *block(c, w, False), *block(w, 2 * w, True), *block(2 * w, 4 * w, True),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * w, k),
-    )
+    return nn.Sequential(OrderedDict(
+        block(1, c, w, False) + block(2, w, 2 * w, True) + block(3, 2 * w, 4 * w, True)
+        + [("gap", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()), ("fc", nn.Linear(4 * w, k))]))
 
 
 class BasicBlock(nn.Module):

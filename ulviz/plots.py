@@ -5,16 +5,61 @@ saying how to read it (see :data:`CAPTIONS`).
 """
 from __future__ import annotations
 
+from typing import Iterable
+
 import numpy as np
 import pandas as pd
+import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
 
+
+def _scale(name: str) -> list[list]:
+    """A named plotly colour scale as explicit ``rgb(r, g, b)`` stops. Streamlit's chart theme
+    swaps the colours "#000001".."#000040" in a figure's JSON for its own palette (they are its
+    template's placeholders), and Magma and Inferno start at "#000004": their darkest stop came
+    out light pink. rgb() strings are never swapped, whatever the theme."""
+    return [[float(at), "rgb({}, {}, {})".format(*plotly.colors.hex_to_rgb(c)) if c.startswith("#") else c]
+            for at, c in plotly.colors.get_colorscale(name)]
+
+
+SAL_SCALE = _scale("Magma")  # dark = SAL near 0 (nothing left to learn), bright = high SAL (learnable)
+
+
+def run_colours(labels: Iterable[str]) -> dict[str, str]:
+    """One colour per run label, PALETTE colours given in the order of `labels` (cycling past
+    nine). Pass every run of the study in a fixed order (the dashboard: all readable runs of the
+    data directory, clean runs first, then by label) so a run keeps its colour on every page,
+    whichever runs a figure shows."""
+    return {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(dict.fromkeys(labels))}
+
+
+def _colour(colours: dict[str, str] | None, name: str, i: int) -> str:
+    # a run missing from the mapping (or no mapping) falls back to the figure's own order
+    return (colours or {}).get(name, PALETTE[i % len(PALETTE)])
+
+
+def sal_range(values: Iterable) -> tuple[float, float]:
+    """One colour range for SAL heatmaps drawn side by side: from min(0, lowest) to the highest
+    finite value over all of `values` (arrays or DataFrames), so equal colours mean equal SAL on
+    every panel and 0 is the darkest colour."""
+    finite = [v[np.isfinite(v)] for v in (np.asarray(x, dtype=np.float64) for x in values)]
+    finite = np.concatenate([v.ravel() for v in finite]) if finite else np.array([])
+    if finite.size == 0:
+        return 0.0, 1.0
+    lo, hi = min(0.0, float(finite.min())), float(finite.max())
+    return lo, hi if hi > lo else lo + 1.0
+
+
 CAPTIONS = {
     "line": "Loss (mean cross-entropy, nats) along a direction in weight space; 0 is the trained model. "
             "A flat, wide valley generalizes; a sharp one does not. Batch-norm statistics frozen (eval mode).",
+    "interp": "Loss (mean cross-entropy, nats) on the straight line between two weight states: α = 0 is the "
+              "start, α = 1 the end, outside [0, 1] the line is extended. The title says which states: each "
+              "run's initial and final weights, or the clean run's final weights and each run's. A bump "
+              "between 0 and 1 is a barrier between the two. Batch-norm statistics frozen (eval mode).",
     "contour": "Loss on a plane θ + α·d + β·e around the trained model (the cross at 0, 0), directions "
                "filter-normalized (Li et al. 2018); same colour = same loss on every panel. Eval mode.",
     "surface": "The same plane as a 3-D surface: height and colour are the loss. Drag to rotate.",
@@ -27,33 +72,64 @@ CAPTIONS = {
     "ud": "Unlearnable Distance: learnable layers per epoch relative to the clean run (clean = 1, truly "
           "unlearnable = 0), next to the clean-test accuracy each run reaches.",
     "counts": "Learnable layers (SAL above the threshold) at each epoch, per run.",
-    "metrics": "Accuracy per epoch: solid on the data the run trained on (maybe protected), dashed on the clean test set.",
+    "metrics": "Accuracy (left) and loss (right) per epoch: solid on the data the run trained on (maybe "
+               "protected), dashed on the clean test set. Epoch 0 is the untrained model.",
     "divergence": "Relative distance ‖θ_poisoned − θ_clean‖ / ‖θ_clean‖ of each layer (rows) per epoch: "
                   "where the poisoned path leaves the clean one.",
 }
 
 
-def _layout(fig: go.Figure, title: str, x: str, y: str, **kw) -> go.Figure:
-    fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, template="plotly_white",
-                      margin=dict(l=60, r=20, t=60, b=50), legend=dict(orientation="h", y=-0.2), **kw)
+def _layout(fig: go.Figure, title: str, x: str, y: str, subtitle: str = "", **kw) -> go.Figure:
+    """Title, theme, margins and legend. Axis titles only when given: figures with subplots set
+    each axis's title themselves, and an empty x/y here would wipe the first subplot's."""
+    if x:
+        fig.update_layout(xaxis_title=x)
+    if y:
+        fig.update_layout(yaxis_title=y)
+    text = title + (f"<br><sup>{subtitle}</sup>" if subtitle else "")
+    fig.update_layout(title=text, template="plotly_white", legend=dict(orientation="h", y=-0.2),
+                      margin=dict(l=60, r=20, t=80 if subtitle else 60, b=50), **kw)
     return fig
 
 
-def landscape_lines(lands: dict, metric: str = "loss") -> go.Figure:
-    """1-D landscapes (line or interpolation) of several runs on one axis."""
+def landscape_detail(lands: dict) -> str:
+    """What the landscapes are a slice of, from their settings: the one layer a line or plane is
+    restricted to, and the two weight states an interpolation joins."""
+    settings = [land.settings for land in lands.values()]
+    parts = []
+    layers = sorted({s.get("layer") for s in settings if s.get("layer")})
+    if layers:
+        parts.append(f"only layer {', '.join(layers)} moves; the rest of the weights stay fixed")
+    interp = [s for s in settings if s.get("kind") == "interp"]
+    if interp:
+        ends = {"from the clean run's final weights to each run's final weights" if s.get("other") else
+                "from the run's initial weights to its final weights" for s in interp}
+        parts.append(" / ".join(sorted(ends)) if len(ends) == 1 else
+                     "clean run: from its initial to its final weights; others: from the clean run's final "
+                     "weights to theirs")
+    return "; ".join(parts)
+
+
+def landscape_lines(lands: dict, metric: str = "loss", colours: dict[str, str] | None = None,
+                    subtitle: str | None = None) -> go.Figure:
+    """1-D landscapes (line or interpolation) of several runs on one axis. `subtitle`: what the
+    slice is (None = :func:`landscape_detail` of the landscapes' settings, "" = nothing)."""
     fig = go.Figure()
     for i, (name, land) in enumerate(lands.items()):
         values = land.loss if metric == "loss" else land.acc * 100
         fig.add_trace(go.Scatter(x=land.coords[0], y=values, mode="lines", name=name,
-                                 line=dict(color=PALETTE[i % len(PALETTE)], width=2)))
+                                 line=dict(color=_colour(colours, name, i), width=2)))
     kind = next(iter(lands.values())).settings.get("kind", "line") if lands else "line"
     x = "α (interpolation: 0 = start, 1 = end)" if kind == "interp" else "α (step along the direction)"
     y = "loss (cross-entropy, nats)" if metric == "loss" else "accuracy (%)"
-    return _layout(fig, f"{'Loss' if metric == 'loss' else 'Accuracy'} along a line in weight space", x, y)
+    what = "between two weight states" if kind == "interp" else "along a line in weight space"
+    return _layout(fig, f"{'Loss' if metric == 'loss' else 'Accuracy'} {what}", x, y,
+                   subtitle=landscape_detail(lands) if subtitle is None else subtitle)
 
 
-def landscape_contours(lands: dict, log_scale: bool = True) -> go.Figure:
-    """2-D landscapes side by side on one shared colour scale (log10 of the loss by default)."""
+def landscape_contours(lands: dict, log_scale: bool = True, subtitle: str | None = None) -> go.Figure:
+    """2-D landscapes side by side on one shared colour scale (log10 of the loss by default).
+    `subtitle`: what the plane is (None = :func:`landscape_detail`, "" = nothing)."""
     names = list(lands)
     fig = make_subplots(rows=1, cols=max(len(names), 1), subplot_titles=names, horizontal_spacing=0.08)
     z_all = [_z(lands[n].loss, log_scale) for n in names]
@@ -69,15 +145,15 @@ def landscape_contours(lands: dict, log_scale: bool = True) -> go.Figure:
                                  line=dict(width=1, color="black")), showlegend=False, hoverinfo="skip"), row=1, col=i + 1)
         fig.update_xaxes(title_text="α (direction 1)", row=1, col=i + 1)
         fig.update_yaxes(title_text="β (direction 2)", row=1, col=i + 1)
-    fig.update_layout(coloraxis=dict(colorscale="Viridis", cmin=zmin, cmax=zmax,
+    fig.update_layout(coloraxis=dict(colorscale=_scale("Viridis"), cmin=zmin, cmax=zmax,
                                      colorbar=dict(title="log10 loss" if log_scale else "loss")))
     return _layout(fig, "Loss landscape around the trained weights (shared colour scale)", "", "",
-                   height=450)
+                   subtitle=landscape_detail(lands) if subtitle is None else subtitle, height=450)
 
 
 def landscape_surface(land, name: str, log_scale: bool = False) -> go.Figure:
     fig = go.Figure(go.Surface(x=land.coords[0], y=land.coords[1], z=_z(land.loss, log_scale).T,
-                               colorscale="Viridis", colorbar=dict(title="log10 loss" if log_scale else "loss")))
+                               colorscale=_scale("Viridis"), colorbar=dict(title="log10 loss" if log_scale else "loss")))
     fig.update_layout(title=f"Loss surface: {name}", template="plotly_white", height=550,
                       scene=dict(xaxis_title="α (direction 1)", yaxis_title="β (direction 2)",
                                  zaxis_title="log10 loss" if log_scale else "loss (nats)"),
@@ -90,41 +166,48 @@ def _z(loss: np.ndarray, log_scale: bool) -> np.ndarray:
     return np.log10(np.clip(z, 1e-8, None)) if log_scale else z
 
 
-def sal_histogram(sal: dict[str, np.ndarray], threshold: float | None, bins: int = 40) -> go.Figure:
-    """Overlaid histograms of every (epoch, layer) SAL value of each run, with the UD threshold."""
+def sal_histogram(sal: dict[str, np.ndarray], threshold: float | None, bins: int = 40,
+                  colours: dict[str, str] | None = None, epochs: str = "all epochs") -> go.Figure:
+    """Overlaid histograms of every (epoch, layer) SAL value of each run, with the UD threshold;
+    `epochs` says which epochs the values come from (in the title)."""
     fig = go.Figure()
     values = [v[np.isfinite(v)].ravel() for v in sal.values()]
     both = np.concatenate(values) if values else np.array([0.0])
     lo, hi = (float(both.min()), float(both.max())) if both.size else (0.0, 1.0)
     size = (hi - lo) / bins if hi > lo else 1.0
     for i, (name, v) in enumerate(zip(sal, values)):
-        fig.add_trace(go.Histogram(x=v, name=name, opacity=0.55, marker_color=PALETTE[i % len(PALETTE)],
+        fig.add_trace(go.Histogram(x=v, name=name, opacity=0.55, marker_color=_colour(colours, name, i),
                                    xbins=dict(start=lo, end=hi + size, size=size)))
     fig.update_layout(barmode="overlay")
     if threshold is not None:
         fig.add_vline(x=threshold, line_dash="dash", line_color="black",
                       annotation_text=f"UD threshold {threshold:.3g}", annotation_position="top")
-    return _layout(fig, "Per-layer SAL, all epochs", "SAL (loss change in the ε-ball, nats)", "layer-epochs")
+    return _layout(fig, f"Per-layer SAL, {epochs}", "SAL (loss change in the ε-ball, nats)", "layer-epochs")
 
 
-def sal_heatmap(frame: pd.DataFrame, name: str, threshold: float | None = None) -> go.Figure:
-    """Layers × epochs heatmap of one run's SAL (frame: rows = epochs, columns = layers)."""
-    fig = go.Figure(go.Heatmap(z=frame.to_numpy().T, x=frame.index, y=list(frame.columns), colorscale="Magma",
-                               colorbar=dict(title="SAL"),
+def sal_heatmap(frame: pd.DataFrame, name: str, threshold: float | None = None,
+                zrange: tuple[float, float] | None = None) -> go.Figure:
+    """Layers × epochs heatmap of one run's SAL (frame: rows = epochs, columns = layers), dark at
+    0, bright at high SAL. Panels shown side by side need one `zrange` (see :func:`sal_range`),
+    or each gets its own and a run with SAL 0.014 looks as bright as one with 1.4."""
+    zmin, zmax = zrange if zrange is not None else sal_range([frame])
+    fig = go.Figure(go.Heatmap(z=frame.to_numpy().T, x=frame.index, y=list(frame.columns), colorscale=SAL_SCALE,
+                               zmin=zmin, zmax=zmax, colorbar=dict(title="SAL"),
                                hovertemplate="epoch %{x}<br>%{y}<br>SAL %{z:.4f}<extra></extra>"))
     title = f"SAL per layer and epoch: {name}" + (f" (threshold {threshold:.3g})" if threshold is not None else "")
     return _layout(fig, title, "epoch", "layer (weight tensor)")
 
 
-def path_figure(plane, names: list[str], land=None) -> go.Figure:
+def path_figure(plane, names: list[str], land=None, colours: dict[str, str] | None = None) -> go.Figure:
     """Runs' paths on a PCA plane, over the loss contour of that plane when given."""
     fig = go.Figure()
     if land is not None:
-        fig.add_trace(go.Contour(x=land.coords[0], y=land.coords[1], z=_z(land.loss, True).T, colorscale="Viridis",
+        fig.add_trace(go.Contour(x=land.coords[0], y=land.coords[1], z=_z(land.loss, True).T,
+                                 colorscale=_scale("Viridis"),
                                  opacity=0.75, colorbar=dict(title="log10 loss"), name="loss",
                                  hovertemplate="PC1 %{x:.2f}<br>PC2 %{y:.2f}<br>log10 loss %{z:.3f}<extra></extra>"))
     for i, (name, xy) in enumerate(zip(names, plane.coords)):
-        colour = PALETTE[i % len(PALETTE)]
+        colour = _colour(colours, name, i)
         fig.add_trace(go.Scatter(x=xy[:, 0], y=xy[:, 1], mode="lines+markers", name=name,
                                  line=dict(color=colour, width=2), marker=dict(size=6),
                                  text=[f"epoch {e}" for e in range(len(xy))],
@@ -136,43 +219,178 @@ def path_figure(plane, names: list[str], land=None) -> go.Figure:
                    f"PC1 ({ev[0] * 100:.1f}% of the variance)", f"PC2 ({ev[1] * 100:.1f}% of the variance)", height=520)
 
 
-def ud_bars(table: pd.DataFrame) -> go.Figure:
-    """UD per run (bars, clean = 1) and final clean-test accuracy (markers, right axis)."""
+def ud_bars(table: pd.DataFrame, colours: dict[str, str] | None = None) -> go.Figure:
+    """UD per run (bars in each run's colour, clean = 1) and final clean-test accuracy (black
+    diamonds, right axis)."""
     fig = make_subplots(specs=[[{"secondary_y": True}]])
-    fig.add_trace(go.Bar(x=table["run"], y=table["UD"], name="UD", marker_color=PALETTE[0],
+    runs = list(table["run"])
+    fig.add_trace(go.Bar(x=runs, y=table["UD"], name="UD",
+                         marker_color=[_colour(colours, r, i) for i, r in enumerate(runs)],
                          hovertemplate="%{x}<br>UD %{y:.3f}<extra></extra>"), secondary_y=False)
-    fig.add_trace(go.Scatter(x=table["run"], y=table["final_test_acc"] * 100, name="clean-test accuracy",
-                             mode="markers", marker=dict(size=12, color=PALETTE[1], symbol="diamond")),
+    fig.add_trace(go.Scatter(x=runs, y=table["final_test_acc"] * 100, name="clean-test accuracy",
+                             mode="markers", marker=dict(size=12, color="black", symbol="diamond")),
                   secondary_y=True)
     fig.add_hline(y=1, line_dash="dot", line_color="grey")
     fig.update_yaxes(title_text="UD (clean run = 1)", secondary_y=False, rangemode="tozero")
-    fig.update_yaxes(title_text="final clean-test accuracy (%)", secondary_y=True, range=[0, 100])
+    # round accuracy ticks, and no second grid: plotly would otherwise place the right axis's
+    # ticks on the left axis's grid lines, at 13, 26.1, 39.1 ...
+    fig.update_yaxes(title_text="final clean-test accuracy (%)", secondary_y=True, range=[0, 100],
+                     tick0=0, dtick=20, showgrid=False, tickmode="linear")
     return _layout(fig, "Unlearnable Distance per run", "run", "")
 
 
-def counts_per_epoch(per_epoch: dict[str, np.ndarray], epochs: dict[str, np.ndarray]) -> go.Figure:
+def counts_per_epoch(per_epoch: dict[str, np.ndarray], epochs: dict[str, np.ndarray],
+                     colours: dict[str, str] | None = None) -> go.Figure:
     fig = go.Figure()
     for i, (name, counts) in enumerate(per_epoch.items()):
         fig.add_trace(go.Scatter(x=epochs[name], y=counts, mode="lines+markers", name=name,
-                                 line=dict(color=PALETTE[i % len(PALETTE)])))
+                                 line=dict(color=_colour(colours, name, i))))
     return _layout(fig, "Learnable layers per epoch", "epoch", "layers above the threshold")
 
 
-def metrics_figure(metrics: dict[str, pd.DataFrame]) -> go.Figure:
-    fig = go.Figure()
+def metrics_figure(metrics: dict[str, pd.DataFrame], colours: dict[str, str] | None = None) -> go.Figure:
+    """Accuracy (left) and loss (right) per epoch of each run: solid = the data it trained on,
+    dashed = the clean test set; one legend entry per run and split, shared by both panels."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["Accuracy", "Loss"], horizontal_spacing=0.1)
     for i, (name, m) in enumerate(metrics.items()):
-        colour = PALETTE[i % len(PALETTE)]
-        fig.add_trace(go.Scatter(x=m["epoch"], y=m["train_acc"] * 100, name=f"{name} train", line=dict(color=colour)))
-        fig.add_trace(go.Scatter(x=m["epoch"], y=m["test_acc"] * 100, name=f"{name} clean test",
-                                 line=dict(color=colour, dash="dash")))
-    fig.update_yaxes(range=[0, 100])
-    return _layout(fig, "Accuracy per epoch", "epoch", "accuracy (%)")
+        colour = _colour(colours, name, i)
+        for split, dash in (("train", None), ("test", "dash")):
+            label = f"{name} {'train' if split == 'train' else 'clean test'}"
+            for col, column, scale in ((1, f"{split}_acc", 100), (2, f"{split}_loss", 1)):
+                fig.add_trace(go.Scatter(x=m["epoch"], y=m[column] * scale, name=label, legendgroup=label,
+                                         showlegend=col == 1, line=dict(color=colour, dash=dash)), row=1, col=col)
+    fig.update_yaxes(title_text="accuracy (%)", range=[0, 100], row=1, col=1)
+    fig.update_yaxes(title_text="loss (cross-entropy, nats)", rangemode="tozero", row=1, col=2)
+    fig.update_xaxes(title_text="epoch")
+    return _layout(fig, "Accuracy and loss per epoch", "", "")
 
 
-def divergence_heatmap(table: pd.DataFrame, name: str) -> go.Figure:
+def divergence_heatmap(table: pd.DataFrame, name: str, reference: str = "the clean run") -> go.Figure:
+    """Relative distance per layer (rows) and epoch of run `name` from the run `reference`."""
     pivot = table.pivot(index="layer", columns="epoch", values="rel_distance")
     pivot = pivot.reindex(list(dict.fromkeys(table["layer"])))
-    fig = go.Figure(go.Heatmap(z=pivot.to_numpy(), x=list(pivot.columns), y=list(pivot.index), colorscale="Blues",
-                               colorbar=dict(title="relative distance"),
+    fig = go.Figure(go.Heatmap(z=pivot.to_numpy(), x=list(pivot.columns), y=list(pivot.index),
+                               colorscale=_scale("Blues"), colorbar=dict(title="relative distance"),
                                hovertemplate="epoch %{x}<br>%{y}<br>distance %{z:.3f}<extra></extra>"))
-    return _layout(fig, f"How far {name} departs from the clean run, per layer", "epoch", "layer (weight tensor)")
+    return _layout(fig, f"How far {name} departs from {reference}, per layer", "epoch", "layer (weight tensor)")
+
+
+# ---------------------------------------------------------------- teaching page (a model with two weights)
+
+_TEACH_COLOURS = {"clean": PALETTE[0], "poisoned": PALETTE[1]}
+
+
+def _teach_colour(name: str, i: int) -> str:
+    return _TEACH_COLOURS.get(name, PALETTE[i % len(PALETTE)])
+
+
+def teaching_data(x: dict[str, np.ndarray], y: np.ndarray, marked: np.ndarray | None = None) -> go.Figure:
+    """Training inputs side by side (name -> (n, 2)), coloured by class; `marked` (bool, n) rings
+    the poisoned points on every panel but the first."""
+    names = list(x)
+    fig = make_subplots(rows=1, cols=max(len(names), 1), subplot_titles=names, horizontal_spacing=0.08)
+    for i, name in enumerate(names):
+        for label, colour, symbol in ((1.0, PALETTE[2], "circle"), (-1.0, PALETTE[3], "diamond")):
+            keep = y == label
+            fig.add_trace(go.Scatter(x=x[name][keep, 0], y=x[name][keep, 1], mode="markers", name=f"class {label:+.0f}",
+                                     legendgroup=f"class {label:+.0f}", showlegend=i == 0,
+                                     marker=dict(color=colour, symbol=symbol, size=5, opacity=0.7),
+                                     hovertemplate="x1 %{x:.2f}<br>x2 %{y:.2f}<extra>" + f"class {label:+.0f}</extra>"),
+                          row=1, col=i + 1)
+        if marked is not None and i > 0 and marked.any():
+            fig.add_trace(go.Scatter(x=x[name][marked, 0], y=x[name][marked, 1], mode="markers", name="poisoned point",
+                                     showlegend=True, hoverinfo="skip",
+                                     marker=dict(symbol="circle-open", size=9, color="black", line=dict(width=1))),
+                          row=1, col=i + 1)
+        fig.update_xaxes(title_text="x1 (the true feature)", row=1, col=i + 1)
+        fig.update_yaxes(title_text="x2 (where the shortcut goes)", row=1, col=i + 1)
+    return _layout(fig, "Training data", "", "", height=400)
+
+
+def teaching_surfaces(w1: np.ndarray, w2: np.ndarray, surfaces: dict[str, np.ndarray], paths: dict[str, np.ndarray],
+                      log_scale: bool = True) -> go.Figure:
+    """Exact loss over the whole weight plane (surfaces: name -> (len(w1), len(w2))) side by side on
+    one shared colour scale, each with its own gradient-descent path (solid) and the others' (dotted)."""
+    names = list(surfaces)
+    fig = make_subplots(rows=1, cols=max(len(names), 1), subplot_titles=[f"loss on {n} data" for n in names],
+                        horizontal_spacing=0.1)
+    z_all = [_z(surfaces[n], log_scale) for n in names]
+    finite = np.concatenate([z[np.isfinite(z)].ravel() for z in z_all]) if z_all else np.array([0.0])
+    zmin, zmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    label = "log10 loss" if log_scale else "loss (nats)"
+    for i, (name, z) in enumerate(zip(names, z_all)):
+        col = i + 1
+        fig.add_trace(go.Contour(x=w1, y=w2, z=z.T, coloraxis="coloraxis", ncontours=30, name=name,
+                                 contours=dict(showlabels=False),
+                                 hovertemplate="w1 %{x:.2f}<br>w2 %{y:.2f}<br>" + label + " %{z:.3f}<extra></extra>"),
+                      row=1, col=col)
+        for j, (other, path) in enumerate(paths.items()):
+            own = other == name
+            colour = _teach_colour(other, j)
+            if own:  # a white line under the path keeps it visible on every colour of the map
+                fig.add_trace(go.Scatter(x=path[:, 0], y=path[:, 1], mode="lines", line=dict(color="white", width=5),
+                                         showlegend=False, hoverinfo="skip"), row=1, col=col)
+            fig.add_trace(go.Scatter(x=path[:, 0], y=path[:, 1], mode="lines", name=f"path on {other} data",
+                                     legendgroup=other, showlegend=own, opacity=1.0 if own else 0.6,
+                                     line=dict(color=colour, width=3 if own else 1.5, dash="solid" if own else "dot"),
+                                     text=[f"step {t}" for t in range(len(path))],
+                                     hovertemplate="%{text}<br>w1 %{x:.3f}<br>w2 %{y:.3f}<extra>" + other + "</extra>"),
+                          row=1, col=col)
+            if own:
+                fig.add_trace(go.Scatter(x=path[-1:, 0], y=path[-1:, 1], mode="markers", showlegend=False,
+                                         hoverinfo="skip", marker=dict(symbol="circle", size=10, color=colour,
+                                                                       line=dict(width=1.5, color="white"))),
+                              row=1, col=col)
+        if paths:
+            start = next(iter(paths.values()))[0]
+            fig.add_trace(go.Scatter(x=[start[0]], y=[start[1]], mode="markers", name="start", legendgroup="start",
+                                     showlegend=i == 0,
+                                     hovertemplate="start<br>w1 %{x:.3f}<br>w2 %{y:.3f}<extra></extra>",
+                                     marker=dict(symbol="star", size=15, color="white",
+                                                 line=dict(width=1.5, color="black"))),
+                          row=1, col=col)
+        fig.update_xaxes(title_text="w1 (weight of x1, the true feature)", range=[w1[0], w1[-1]], row=1, col=col)
+        fig.update_yaxes(title_text="w2 (weight of x2, the shortcut)", range=[w2[0], w2[-1]], row=1, col=col,
+                         scaleanchor="x" if col == 1 else f"x{col}")
+    fig.update_layout(coloraxis=dict(colorscale="Viridis", cmin=zmin, cmax=zmax, colorbar=dict(title=label)))
+    return _layout(fig, "The whole weight space: exact loss and gradient descent from the same start "
+                        "(shared colour scale)", "", "", height=520)
+
+
+def teaching_accuracy(test_acc: dict[str, np.ndarray], train_acc: dict[str, np.ndarray] | None = None,
+                      best: float | None = None) -> go.Figure:
+    """Clean-test accuracy (solid) along each path, the accuracy on the data it trained on (dashed)
+    and the best any linear model can do on clean data (dotted line)."""
+    fig = go.Figure()
+    for i, (name, acc) in enumerate(test_acc.items()):
+        colour = _teach_colour(name, i)
+        fig.add_trace(go.Scatter(x=np.arange(len(acc)), y=acc * 100, mode="lines", name=f"{name}: clean test",
+                                 line=dict(color=colour, width=2.5)))
+        if train_acc is not None and name in train_acc:
+            fig.add_trace(go.Scatter(x=np.arange(len(train_acc[name])), y=train_acc[name] * 100, mode="lines",
+                                     name=f"{name}: its training data",
+                                     line=dict(color=colour, width=1.5, dash="dash")))
+    if best is not None:
+        fig.add_hline(y=best * 100, line_dash="dot", line_color="grey", annotation_text=f"best possible {best:.0%}",
+                      annotation_position="bottom right")
+    fig.update_yaxes(range=[0, 101])
+    return _layout(fig, "Accuracy along each gradient-descent path", "gradient-descent step", "accuracy (%)")
+
+
+def teaching_sal(sal: dict[str, np.ndarray], floor: float = 1e-8) -> go.Figure:
+    """Per-weight SAL along each path (name -> (steps + 1, 2)), one panel per weight, log scale
+    (values under `floor` drawn at it)."""
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.06,
+                        subplot_titles=["w1 (the true feature)", "w2 (the shortcut)"])
+    for i, (name, s) in enumerate(sal.items()):
+        colour = _teach_colour(name, i)
+        for k in range(2):
+            fig.add_trace(go.Scatter(x=np.arange(len(s)), y=np.maximum(s[:, k], floor), mode="lines",
+                                     name=f"{name} data", legendgroup=name, showlegend=k == 0,
+                                     line=dict(color=colour, width=2),
+                                     hovertemplate="step %{x}<br>SAL %{y:.2e}<extra>" + name + "</extra>"),
+                          row=1, col=k + 1)
+            fig.update_xaxes(title_text="gradient-descent step", row=1, col=k + 1)
+    fig.update_yaxes(type="log", title_text="SAL (nats, log scale)", row=1, col=1)
+    fig.update_yaxes(type="log", row=1, col=2)
+    return _layout(fig, "Sharpness-Aware Learnability of each weight along its path", "", "")

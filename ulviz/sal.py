@@ -401,6 +401,24 @@ def sal_data(dataset, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     raise UlvizError(f"SAL split must be 'train' or 'test', got {split!r}")
 
 
+def describe_sal(settings: dict, epochs) -> str:
+    """One line saying how a run's stored SAL was computed (for captions): estimator, samples,
+    radius, rounds and the epochs measured."""
+    if not settings:
+        return "no SAL stored"
+    epochs = [int(e) for e in epochs]
+    subset = settings.get("subset")
+    data = "the clean test set" if settings.get("split") == "test" else "the data the run trained on"
+    samples = f"the first {subset} samples of {data}" if subset else f"all of {data}"
+    if len(epochs) > 2 and all(b - a == epochs[1] - epochs[0] for a, b in zip(epochs, epochs[1:])):
+        step = epochs[1] - epochs[0]
+        when = f"epochs {epochs[0]}-{epochs[-1]}" + (f", every {step}" if step > 1 else ", every epoch")
+    else:
+        when = "epoch" + ("s " if len(epochs) != 1 else " ") + ", ".join(map(str, epochs))
+    return (f"{settings.get('estimator', '?')} SAL on {samples}, radius {settings.get('eps', '?')} of each layer's "
+            f"norm, {settings.get('iters', '?')} rounds, at {when}")
+
+
 def sal_kwargs(config) -> dict:
     """layer_sal keyword arguments from a :class:`ulviz.config.SALConfig`."""
     return dict(estimator=config.estimator, iters=config.iters, lr_min=config.lr_min, lr_max=config.lr_max,

@@ -360,7 +360,8 @@ def write_landscape_points(path: str | Path, settings: dict, coords: list[np.nda
     """Store computed grid points (flat `index`) of the landscape `settings`, creating its group."""
     key = landscape_key(settings)
     size = int(np.prod([len(a) for a in coords]))
-    with open_for_update(path) as f:
+    opener = _open_landscape_cache if Path(path).suffix == LANDSCAPE_CACHE_SUFFIX else open_for_update
+    with opener(path) as f:
         root = f.require_group("landscapes")
         if key not in root:
             g = root.create_group(key)
@@ -376,6 +377,35 @@ def write_landscape_points(path: str | Path, settings: dict, coords: list[np.nda
         g["loss"][idx] = np.asarray(loss, dtype=np.float64)[order]
         g["acc"][idx] = np.asarray(acc, dtype=np.float64)[order]
         g["done"][idx] = True  # last: a point is done only once its values are in
+
+
+LANDSCAPE_CACHE_SUFFIX = ".landscapes"  # HDF5, but not *.h5: never taken for a run file
+
+
+def landscape_cache_path(data_dir: str | Path, run: "Run") -> Path:
+    """Where the dashboard keeps the landscapes it computes for `run`: a file of its own under
+    ``<data dir>/.cache/landscapes``, so run files (the bundled demo, a job's) are never written by
+    browsing. Named after the run file's path and creation time: a rewritten run gets a new cache."""
+    import hashlib
+    key = hashlib.sha256(f"{Path(run.path).resolve()}|{run.created}".encode()).hexdigest()[:16]
+    return Path(data_dir) / ".cache" / "landscapes" / f"{Path(run.path).stem}-{key}{LANDSCAPE_CACHE_SUFFIX}"
+
+
+@contextmanager
+def _open_landscape_cache(path: str | Path) -> Iterator[h5py.File]:
+    """A landscape cache file opened for writing, created on first use; a damaged one (it holds
+    only recomputable points) is replaced."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        f = h5py.File(path, "a")
+    except OSError:
+        path.unlink(missing_ok=True)
+        f = h5py.File(path, "a")
+    try:
+        yield f
+    finally:
+        f.close()
 
 
 def list_landscapes(path: str | Path) -> list[dict]:
@@ -607,9 +637,13 @@ def _json_attr(obj, key: str) -> list:
 
 
 def find_runs(directory: str | Path) -> list[Path]:
-    """Run files (*.h5) under `directory`, sorted by path."""
+    """Run files (*.h5) under `directory`, outside hidden folders, sorted by path."""
     d = Path(directory).expanduser()
-    return sorted(p for p in d.rglob("*.h5") if p.is_file()) if d.is_dir() else []
+    if not d.is_dir():
+        return []
+    # hidden folders (.jobs, .cache, a .venv) hold no runs of the user's, but may hold HDF5 files
+    return sorted(p for p in d.rglob("*.h5")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(d).parts))
 
 
 def runs_table(paths: list[Path]) -> pd.DataFrame:
@@ -628,3 +662,59 @@ def runs_table(paths: list[Path]) -> pd.DataFrame:
         except UlvizError as e:
             rows.append({"file": str(p), "name": p.stem, "status": "unreadable", "error": str(e)})
     return pd.DataFrame(rows)
+
+
+# -- labels and renaming -------------------------------------------------------------------
+
+def run_labels(items) -> list[str]:
+    """One label per run, the rule every page and table uses: the run's name, or
+    ``name (file.h5)`` when several of `items` share that name (``name (dir/file.h5)`` when their
+    file names are shared too). `items`: Runs, (name, path) pairs, or run-file paths (read for
+    their name; an unreadable file is labelled by its file name without the suffix)."""
+    pairs = [_name_and_path(item) for item in items]
+    groups: dict[str, list[int]] = {}
+    for i, (name, _) in enumerate(pairs):
+        groups.setdefault(name, []).append(i)
+    labels = [name for name, _ in pairs]
+    for name, members in groups.items():
+        if len(members) > 1:
+            for i, tail in zip(members, _distinct_tails([pairs[i][1] for i in members])):
+                labels[i] = f"{name} ({tail})"
+    return labels
+
+
+def _name_and_path(item) -> tuple[str, Path]:
+    if isinstance(item, Run):
+        return item.name, Path(item.path)
+    if isinstance(item, tuple):
+        return str(item[0]), Path(item[1])
+    try:
+        return open_run(item).name, Path(item)
+    except UlvizError:
+        return Path(item).stem, Path(item)
+
+
+def _distinct_tails(paths: list[Path]) -> list[str]:
+    """The shortest trailing parts of each path that tell them apart (the file name if it can)."""
+    parts = [Path(p).parts for p in paths]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        tails = ["/".join(p[-depth:]) for p in parts]
+        if len(set(tails)) == len(tails):
+            return tails
+    return [str(p) for p in paths]  # the same file given twice: nothing tells them apart
+
+
+def rename_run(path: str | Path, name: str) -> RunConfig:
+    """Give a run file another display name (the `name` of the config stored on its root);
+    nothing else changes. Refused while a job is still writing the file. Returns the new config."""
+    name = name.strip()
+    if not name:
+        raise UlvizError("a run name cannot be empty")
+    if len(name) > 200:
+        raise UlvizError(f"a run name has at most 200 characters, not {len(name)}")
+    if open_run(path).status == "running":  # "running" only while its writer is alive
+        raise RunFileError(Path(path), "is still being written by a running job; rename it when it ends")
+    with open_for_update(path) as f:
+        config = dataclasses.replace(RunConfig.from_json(_as_str(f.attrs["config"])), name=name)
+        f.attrs["config"] = _fixed(config.to_json())
+    return config

@@ -202,6 +202,9 @@ class SALSource:
     sal: np.ndarray  # (epochs x layers)
     final_test_acc: float  # clean test accuracy at the last epoch (NaN if unknown)
     method: str  # unlearnable method, "" if unknown
+    path: Path | None = None  # where it was read from
+    sal_epochs: list[int] = field(default_factory=list)  # the epochs that have SAL rows
+    sal_settings: dict = field(default_factory=dict)  # how that SAL was computed (estimator, subset, ...)
 
 
 def load_sal_source(path: str | Path) -> SALSource:
@@ -211,62 +214,107 @@ def load_sal_source(path: str | Path) -> SALSource:
         log = read_original_log(path)
         acc = float(log.test_acc[-1]) if len(log.test_acc) else float("nan")
         label = path.parent.name if path.name == "output.log" else path.stem
-        return SALSource(label, log.layers, log.sal["sal"], acc, "")
+        return SALSource(label, log.layers, log.sal["sal"], acc, "", path, list(range(1, len(log.sal["sal"]) + 1)))
     from .store import open_run
 
     run = open_run(path)
     if len(run.sal_epochs) == 0:
-        raise UlvizError(f"{path}: no SAL stored; compute it with `ulviz sal {path}`")
+        raise NoSALError(f"{path}: no SAL stored, so no UD (UD is not 0 without SAL); "
+                         f"compute it with `ulviz sal {path}`")
     acc = float(run.metrics["test_acc"].iloc[-1]) if len(run.metrics) else float("nan")
-    return SALSource(run.name, run.layer_names, run.sal["sal"], acc, run.config.poison.method)
+    return SALSource(run.name, run.layer_names, run.sal["sal"], acc, run.config.poison.method, path,
+                     [int(e) for e in run.sal_epochs], dict(run.sal_settings))
+
+
+class NoSALError(UlvizError):
+    """A run file without SAL rows: it has no UD (not a UD of 0)."""
 
 
 def ud_table(clean, runs) -> tuple["pd.DataFrame", UDResult]:
-    """UD of `runs` against `clean` (paths or SALSources) as a table, clean run first:
-    method, run, UD, learnable layers per epoch, final clean-test accuracy."""
+    """UD of `runs` against the reference `clean` (paths or SALSources) as a table, reference
+    first: method, run, role, UD, learnable layers per epoch, final clean-test accuracy. Another
+    clean run among `runs` gets the role "clean" (a second clean run is not a protected run: its
+    UD shows how much clean training itself varies)."""
     import pandas as pd
 
     clean = clean if isinstance(clean, SALSource) else load_sal_source(clean)
     sources = [r if isinstance(r, SALSource) else load_sal_source(r) for r in runs]
-    names = _unique([clean.name] + [s.name for s in sources])
+    names = source_labels([clean] + sources)
     for s in sources:
         if s.layers != clean.layers:
             raise UlvizError(f"{s.name}: its layers differ from the clean run's ({len(s.layers)} vs {len(clean.layers)}); "
                              "UD compares runs of the same model")
     result = unlearnable_distance(clean.sal, {n: s.sal for n, s in zip(names, [clean] + sources)})
-    rows = [{"method": s.method or n, "run": n, "UD": result.ud[n], "count": result.counts[n],
-             "final_test_acc": s.final_test_acc} for n, s in zip(names, [clean] + sources)]
+    roles = ["reference"] + ["clean" if s.method == "clean" else "protected" for s in sources]
+    rows = [{"method": s.method or n, "run": n, "role": role, "UD": result.ud[n], "count": result.counts[n],
+             "final_test_acc": s.final_test_acc} for n, s, role in zip(names, [clean] + sources, roles)]
     return pd.DataFrame(rows), result
 
 
-def _unique(names: list[str]) -> list[str]:
-    seen: dict[str, int] = {}
-    out = []
-    for n in names:
-        seen[n] = seen.get(n, 0) + 1
-        out.append(n if seen[n] == 1 else f"{n} ({seen[n]})")
-    return out
+def source_labels(sources: list[SALSource]) -> list[str]:
+    """One label per source, by the rule of :func:`ulviz.store.run_labels` (the dashboard's for
+    runs, so a run reads the same in every table and legend)."""
+    from .store import run_labels
+    return run_labels([(s.name, s.path or Path(s.name)) for s in sources])
 
 
-def study_ud(paths) -> tuple["pd.DataFrame", UDResult, list[str]] | None:
-    """UD of every run file in `paths` that has SAL, against the first clean run with SAL and the
-    same layers; runs that cannot be compared are listed with the reason. None without a clean run."""
+def choose_clean(sources: list[SALSource], clean: str | Path | None = None) -> SALSource:
+    """The reference of a UD comparison: the source read from `clean` when given, else the one
+    clean run among `sources`; refuses when there is none or several (name one with --clean)."""
+    if clean is not None:
+        target = Path(clean).resolve()
+        for s in sources:
+            if s.path is not None and s.path.resolve() == target:
+                return s
+        return load_sal_source(clean)
+    cleans = [s for s in sources if s.method == "clean"]
+    if not cleans:
+        raise UlvizError("no clean run among these files: UD needs a clean reference; name one with --clean FILE")
+    if len(cleans) > 1:
+        raise UlvizError("several clean runs (" + ", ".join(str(s.path or s.name) for s in cleans)
+                         + "): name the reference with --clean FILE")
+    return cleans[0]
+
+
+@dataclass
+class Study:
+    """UD of the runs of a directory against one clean reference."""
+
+    table: "pd.DataFrame"  # ud_table's rows
+    result: UDResult
+    reference: SALSource  # the clean run every other run is compared with
+    candidates: list[Path]  # every clean run with SAL (the references one may choose)
+    skipped: list[str]  # runs that have no UD here, with the reason
+    sources: list[SALSource] = field(default_factory=list)  # in the table's order, reference first
+
+    def sal_epochs(self) -> dict[str, list[int]]:
+        """Table label -> the epochs of that run's SAL rows."""
+        return {label: s.sal_epochs for label, s in zip(self.table["run"], self.sources)}
+
+
+def study_ud(paths, clean: str | Path | None = None) -> Study | None:
+    """UD of every run file in `paths` that has SAL against the clean run `clean` (default: the
+    first clean run with SAL); runs of another model, and runs without SAL, are listed in
+    `skipped` with the reason. None when no clean run has SAL."""
     sources, skipped = [], []
     for p in paths:
         try:
             sources.append(load_sal_source(p))
         except UlvizError as e:
             skipped.append(str(e))
-    clean = next((s for s in sources if s.method == "clean"), None)
-    if clean is None:
+    candidates = [s for s in sources if s.method == "clean"]
+    if not candidates:
         return None
+    reference = candidates[0]
+    if clean is not None:
+        reference = next((s for s in candidates if s.path.resolve() == Path(clean).resolve()), reference)
     others = []
     for s in sources:
-        if s is clean:
+        if s is reference:
             continue
-        if s.layers != clean.layers:
-            skipped.append(f"{s.name}: another model than the clean run {clean.name}")
+        if s.layers != reference.layers:
+            skipped.append(f"{s.name} ({s.path}): another model than the reference {reference.name} ({reference.path})")
         else:
             others.append(s)
-    table, result = ud_table(clean, others)
-    return table, result, skipped
+    table, result = ud_table(reference, others)
+    return Study(table, result, reference, [s.path for s in candidates], skipped, [reference] + others)
