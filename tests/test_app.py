@@ -1,5 +1,6 @@
 """Every page of the dashboard with streamlit's AppTest: on the bundled demo and on runs written here."""
 import base64
+import hashlib
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ from ulviz.jobs import UPLOAD_LIMIT, Job, JobManager, add_run_file, inside, safe
 from ulviz.errors import UlvizError
 
 PAGES = ["pages/1_Loss_landscape.py", "pages/2_SAL.py", "pages/3_Optimization_paths.py",
-         "pages/4_Unlearnable_Distance.py"]
+         "pages/4_Unlearnable_Distance.py"]  # the run pages; the teaching page has no runs (tests/test_teaching.py)
 DEMO = ROOT / "data" / "demo"
 
 
@@ -70,12 +71,18 @@ def test_home_with_no_runs(tmp_path, monkeypatch):
 def test_every_page_on_the_bundled_demo(page, monkeypatch, tmp_path):
     if not (DEMO / "clean.h5").exists():
         pytest.skip("no bundled demo")
-    shutil.copytree(DEMO, tmp_path / "demo")  # pages may add caches to the files: not to the bundle
-    at = _app(page, tmp_path / "demo", monkeypatch).run()
+    shutil.copytree(DEMO, tmp_path / "demo")  # a copy laid out as data/demo is in a checkout
+    files = sorted((tmp_path / "demo").glob("*.h5"))
+    before = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+    at = _app(page, tmp_path, monkeypatch).run()
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
     assert len(_charts(at)) >= 1
     assert len(at.caption) >= 2  # every figure has its caption
+    # the demo opens on its caches: nothing to compute for the default view
+    assert not [i.value for i in at.info if "Not cached yet" in i.value]
+    # and browsing never writes into the demo's run files (the bundle stays as committed)
+    assert {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files} == before
 
 
 @pytest.mark.parametrize("page", PAGES)

@@ -3,13 +3,18 @@ cached landscapes, so the dashboard opens on a finished study. `ulviz demo` rege
 doubles as an end-to-end smoke test of the whole pipeline (data, poison, training, SAL, run files,
 landscapes, UD).
 
-- ``cifar10`` (the bundled one, ``data/demo``): the regime of the papers. A small conv net
-  (``cnn``, width 16) on the bundled CIFAR-10 subset (``data/cifar10-subset``, 5085 / 1017
-  images) with the paper recipe, clean and under every method that works there (see
-  ``benchmarks/poison_effect.py``). Exact SAL is measured on a fixed subset, the first 128
-  training images of each run (protected where the run's are), at every second epoch: exact SAL
-  on all 5085 images would take about 16x a training epoch per measured epoch on 2 cores (layers
-  x rounds x two copies x passes is inherent to the search), which does not fit the demo's hour.
+- ``cifar10`` (the bundled one, ``data/demo``): the regime of the papers. The papers' ResNet-18
+  at width 4 (44k weights: sixteen snapshots of ten runs fit the repository) on the bundled
+  CIFAR-10 subset (``data/cifar10-subset``, 5085 / 1017 images) with the paper recipe, 16 epochs,
+  clean and under every method that works there (see ``benchmarks/poison_effect.py``; ar is left
+  out: at this width and length the network does not learn its shortcut, so it protects nothing
+  here, while at width 8 over 40 epochs it does). A smaller
+  plain conv net with global pooling (``cnn``) was tried first and learned neither the clean task
+  nor the position-bound shortcuts (lsp, ops) in 16 epochs. Exact SAL is measured on a fixed
+  subset, the first 128 training images of each run (protected where the run's are), at epochs
+  2, 4, 8, 12 and 16: exact SAL of 21 layers costs about three training epochs per measured epoch
+  even on 128 images (layers x rounds x two copies x passes is inherent to the search), and the
+  whole demo has to fit in an hour on 2 cores.
   The surrogate-based methods (em, tap, rem) are crafted with a resnet18 of width 8 and the
   smaller CPU settings of :data:`CPU_POISON_SETTINGS`; the victim is a different network, so
   they are judged by transfer, as in the papers' cross-architecture tables.
@@ -47,12 +52,13 @@ class Study:
     base: RunConfig  # the clean run; every other run differs from it only in its protection
     methods: dict[str, PoisonConfig]  # run name -> protection ("clean" first)
     sal: SALConfig  # how SAL is measured, post hoc on the stored snapshots
-    sal_every: int  # SAL at every k-th epoch (1 = every epoch)
+    sal_at: tuple[int, ...] | None  # the epochs SAL is measured at (None = every epoch)
     landscapes: list[tuple[str, dict]] = field(default_factory=list)  # (kind, settings) cached in each run
     out: Path = DEMO_DIR  # where `ulviz demo --study NAME` writes by default
 
     def sal_epochs(self, epochs: int) -> list[int]:
-        return list(range(self.sal_every, epochs + 1, self.sal_every))
+        every = range(1, epochs + 1)
+        return list(every) if self.sal_at is None else [e for e in self.sal_at if e in every]
 
 
 def _cifar10() -> Study:
@@ -63,18 +69,19 @@ def _cifar10() -> Study:
         "random": PoisonConfig("random"),
         "lsp": PoisonConfig("lsp"),
         "ops": PoisonConfig("ops"),
-        "ar": PoisonConfig("ar"),
+        # no "ar": this network does not pick up its shortcut in 16 epochs (measured: 0.45 clean-test
+        # accuracy against the clean run's 0.47); at width 8 over 40 epochs it does (poison_effect.py)
         "cuda": PoisonConfig("cuda"),
         "em-class": PoisonConfig("em", params={"mode": "class", **SURROGATE}),
         "em": PoisonConfig("em", params={**SURROGATE, **CPU_POISON_SETTINGS["em"]}),
         "tap": PoisonConfig("tap", params={**SURROGATE, **CPU_POISON_SETTINGS["tap"]}),
         "rem": PoisonConfig("rem", params={**SURROGATE, **CPU_POISON_SETTINGS["rem"]}),
     }
-    # landscapes on the first 128 clean test images: a 21x21 plane of this cnn is ~30 s on 2 cores
+    # landscapes on the first 128 clean test images: a 21x21 plane of this network is ~15 s on 2 cores
     lands = [("plane", dict(resolution=21, subset=128)), ("line", dict(resolution=41, subset=128)),
              ("interp", dict(resolution=41, subset=128))]
-    return Study(RunConfig(name="clean", data=data, model=ModelConfig("cnn", 16), train=train),
-                 methods, SALConfig(estimator="exact", subset=128), 2, lands, DEMO_DIR)
+    return Study(RunConfig(name="clean", data=data, model=ModelConfig("resnet18", 4), train=train),
+                 methods, SALConfig(estimator="exact", subset=128), (2, 4, 8, 12, 16), lands, DEMO_DIR)
 
 
 def _digits() -> Study:
@@ -91,7 +98,7 @@ def _digits() -> Study:
     lands = [("plane", dict(resolution=21)), ("line", dict(resolution=41)), ("interp", dict(resolution=41))]
     return Study(RunConfig(name="clean", data=DataConfig("digits"), model=ModelConfig("lenet5"),
                            train=TrainConfig(epochs=30, seed=0, device="cpu")),
-                 methods, SALConfig(estimator="exact"), 1, lands, DATA_ROOT / "demo-digits")
+                 methods, SALConfig(estimator="exact"), None, lands, DATA_ROOT / "demo-digits")
 
 
 STUDIES = {"cifar10": _cifar10, "digits": _digits}
