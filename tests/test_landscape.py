@@ -273,3 +273,29 @@ def test_classes_major_loss_matches_cross_entropy_and_argmax_even_at_ties():
         assert correct[p].item() == (flat.argmax(1) == labels).sum().item()
 
 
+
+
+def test_pca_plane_origin_is_the_whole_final_state(tmp_path):
+    """The PCA plane's (0, 0) is the trained network itself: its loss there equals a plain
+    evaluation of the final weights, batch-norm scales and biases included (they are left out of
+    the PCA, and once were zeroed at the origin, which made every point predict uniformly)."""
+    from dataclasses import replace
+    from conftest import tiny_config
+    from ulviz import ModelConfig, open_run, train
+    from ulviz.landscape import _surface, run_model
+    from ulviz.trajectory import pca_plane
+    cfg = replace(tiny_config(epochs=2), model=ModelConfig("cnn", width=4))
+    train(cfg, tmp_path / "bn.h5")
+    run = open_run(tmp_path / "bn.h5")
+    plane = pca_plane([run])
+    final = run.snapshot(-1)
+    assert set(plane.origin) == set(run.param_names)
+    for n in run.param_names:
+        assert torch.equal(plane.origin[n], final[n].float()), n
+    model = run_model(run)
+    x, y = L.run_data(run, "test", 64)
+    land = _surface(model, (x, y), plane.directions, [np.array([0.0]), np.array([0.0])], plane.origin,
+                    None, "cpu", None, None, None, None, {})
+    expected = torch.nn.functional.cross_entropy(model(x), y).item()
+    assert land.loss[0, 0] == pytest.approx(expected, rel=1e-5)
+    assert land.loss[0, 0] < 0.99 * np.log(int(y.max()) + 1)  # not the uniform prediction

@@ -198,3 +198,13 @@ def test_sal_of_chosen_epochs_only(tmp_path):
     np.testing.assert_allclose(some.sal["sal"], live.sal["sal"][[0, 2]], atol=1e-6)  # the same rows
     with pytest.raises(UlvizError, match="no trained epoch 4"):
         compute_run_sal(tmp_path / "some.h5", sal, device="cpu", epochs=[4])
+
+
+def test_describe_sal_says_what_was_measured():
+    from ulviz.sal import describe_sal
+    text = describe_sal(dict(estimator="exact", subset=128, split="train", eps=0.05, iters=10), [2, 4, 8, 12, 16])
+    assert text.startswith("exact SAL on the first 128 samples of the data the run trained on")
+    assert text.endswith("epochs 2, 4, 8, 12, 16")
+    assert "every epoch" in describe_sal(dict(estimator="exact", split="test"), [1, 2, 3])
+    assert "first 1024 samples" in describe_sal(dict(estimator="fast", subset=None), [1, 2, 3])  # fast's default
+    assert describe_sal({}, []) == "no SAL stored"

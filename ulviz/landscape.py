@@ -620,7 +620,9 @@ def run_landscape(path, kind: str = "plane", *, epoch: int = -1, resolution: int
     ep = epoch if epoch >= 0 else last + 1 + epoch
     if not 0 <= ep <= last:
         raise UlvizError(f"{run.path} has epochs 0..{last}; epoch {epoch} is not stored")
-    settings = dict(kind=kind, epoch=ep, resolution=resolution, split=split, subset=subset, version=1)
+    # version 2 of "pca": its origin keeps the biases and batch-norm parameters (version 1 zeroed them)
+    settings = dict(kind=kind, epoch=ep, resolution=resolution, split=split, subset=subset,
+                    version=2 if kind == "pca" else 1)
     model = run_model(run, ep)
     if span is None:
         span = {"interp": (-0.5, 1.5), "pca": 0.25}.get(kind, 1.0)

@@ -90,7 +90,7 @@ def layer_sal(model: nn.Module, data, *, estimator: str = "exact", iters: int = 
     x, y = _tensors(data)
     n_batches = -(-min(len(x), subset or len(x)) // batch_size)  # the exact search's SGD steps per pass
     if estimator == "fast" and subset is None:
-        subset = 1024
+        subset = FAST_SUBSET
     if subset is not None:
         x, y = x[:subset], y[:subset]
     if len(x) == 0:
@@ -401,13 +401,16 @@ def sal_data(dataset, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     raise UlvizError(f"SAL split must be 'train' or 'test', got {split!r}")
 
 
+FAST_SUBSET = 1024  # samples the fast estimator uses when no subset is given
+
+
 def describe_sal(settings: dict, epochs) -> str:
     """One line saying how a run's stored SAL was computed (for captions): estimator, samples,
     radius, rounds and the epochs measured."""
     if not settings:
         return "no SAL stored"
     epochs = [int(e) for e in epochs]
-    subset = settings.get("subset")
+    subset = settings.get("subset") or (FAST_SUBSET if settings.get("estimator") == "fast" else None)
     data = "the clean test set" if settings.get("split") == "test" else "the data the run trained on"
     samples = f"the first {subset} samples of {data}" if subset else f"all of {data}"
     if len(epochs) > 2 and all(b - a == epochs[1] - epochs[0] for a, b in zip(epochs, epochs[1:])):

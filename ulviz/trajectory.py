@@ -79,8 +79,11 @@ def pca_plane(runs, names: list[str] | None = None) -> PathPlane:
     rel = [m - origin_vec for m in mats]
     comps, explained = principal_directions(np.concatenate(rel))
     coords = [m @ comps.T for m in rel]
-    return PathPlane(coords, explained, [_unflatten(c, runs[0], names) for c in comps],
-                     _unflatten(origin_vec, runs[0], names), names)
+    # the origin is the whole final state of the first run: the tensors left out of the PCA
+    # (biases, batch-norm scales) keep their trained values, they are not zero
+    final = runs[0].snapshot(-1)
+    origin = {n: final[n].float() for n in runs[0].param_names}
+    return PathPlane(coords, explained, [_unflatten(c, runs[0], names) for c in comps], origin, names)
 
 
 def layer_path(run, layer: str, other=None) -> PathPlane:
