@@ -118,7 +118,8 @@ with st.form("launch", enter_to_submit=False):  # Enter in a text box must not l
     dataset = c1.selectbox("Dataset", list_datasets())
     dataset_dir = c1.text_input("Dataset files (directory, or .npz file)", "",
                                 help=f"Only for the datasets read from local files ({', '.join(LOCAL)}); "
-                                     "CIFAR in its binary layout (the pickle layout is refused here).")
+                                     "CIFAR in its binary layout (the pickle layout is refused here). The "
+                                     "bundled CIFAR-10 subset: data/cifar10-subset.")
     train_limit = c1.number_input("Training samples (0 = all)", 0, 10_000_000, 0, step=500)
     model = c1.selectbox("Model", list_models(), index=list_models().index("lenet5"))
     method = c2.selectbox("Unlearnable method", [m for m in list_methods() if m != "import"])
