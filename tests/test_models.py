@@ -10,14 +10,14 @@ def test_forward_shape(name, shape, classes):
     width = 8 if name == "resnet18" else None
     model = create_model(name, shape, classes, width=width)
     out = model(torch.rand(2, *shape))
-    assert out.shape == (2, classes)
+    assert out.shape == ((2, classes, *shape[1:]) if name == "fcn" else (2, classes))  # fcn: a map per class
     names = dict(model.named_parameters())
     layers = weight_layer_names(model)
     assert layers and all(n in names and names[n].dim() in (2, 4) for n in layers)
 
 
 def test_registry_names_and_architecture_facts():
-    assert list_models() == ["linear", "mlp", "lenet5", "cnn", "resnet18"]
+    assert list_models() == ["linear", "mlp", "lenet5", "cnn", "fcn", "resnet18"]
     assert weight_layer_names(create_model("linear", (1, 8, 8), 10)) == ["1.weight"]
     lenet = create_model("lenet5", (1, 28, 28), 10)
     assert lenet.fc1.in_features == 16 * 5 * 5  # classic LeNet-5 on 28x28

@@ -15,6 +15,7 @@ from .errors import UlvizError
 from .models import list_models
 from .poisons import list_budgets, list_methods
 from .recipes import AUGMENTATIONS, apply_recipe, default_recipe, list_recipes
+from .tasks import list_tasks
 
 
 def _param(text: str) -> tuple[str, object]:
@@ -57,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--schedule", choices=["constant", "cosine", "step"], help="default: the recipe's")
     t.add_argument("--batch-size", type=int, help="default: the recipe's")
     t.add_argument("--augment", choices=list(AUGMENTATIONS), help="training augmentation (default: the recipe's)")
+    t.add_argument("--task", default=tc.task, choices=list_tasks(),
+                   help="what is learned from the (maybe protected) images: classify (the default), rotation "
+                        "(4-way rotation prediction), segment (foreground masks of grayscale digits; model fcn)")
     t.add_argument("--epochs", type=int, default=tc.epochs)
     t.add_argument("--seed", type=int, default=tc.seed)
     t.add_argument("--device", default=tc.device, help="auto, cpu, cuda, cuda:1, mps")
@@ -111,6 +115,10 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--clean", help="the clean reference (default: the one run among RUNS whose method is clean)")
     u.add_argument("--csv", help="also write the table as CSV")
     u.add_argument("--json", help="also write the result as JSON")
+
+    pr = sub.add_parser("probe", help="linear probe: class information in a run's penultimate features")
+    pr.add_argument("run", help="run file (.h5)")
+    pr.add_argument("--epoch", type=int, default=-1, help="epoch whose weights to probe (default: the last)")
 
     ls = sub.add_parser("landscape", help="loss landscape of a run file (cached in it, resumable)")
     ls.add_argument("run", help="run file (.h5)")
@@ -170,7 +178,7 @@ def _train(args) -> int:
         data=DataConfig(args.dataset, args.data_dir, args.allow_pickle, args.train_limit, args.test_limit),
         poison=PoisonConfig(args.poison, args.poison_ratio, args.poison_seed, dict(args.poison_param), args.budget),
         model=ModelConfig(args.model, args.width),
-        train=apply_recipe(TrainConfig(epochs=args.epochs, seed=args.seed, device=args.device),
+        train=apply_recipe(TrainConfig(epochs=args.epochs, seed=args.seed, device=args.device, task=args.task),
                            args.recipe or default_recipe(args.dataset), args.dataset,
                            optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
                            weight_decay=args.weight_decay, schedule=args.schedule, batch_size=args.batch_size,
@@ -214,6 +222,7 @@ def _info(args) -> int:
     print(f"train    recipe {c.train.recipe}: {c.train.optimizer} lr {c.train.lr} {c.train.schedule}  "
           f"batch {c.train.batch_size}  augment {c.train.augment}  epochs {run.epochs_done}/{c.train.epochs}  "
           f"seed {c.train.seed}")
+    print(f"task     {c.train.task}")
     print(f"layers   {', '.join(run.layer_names)}")
     print(f"SAL      {len(run.sal_epochs)} epoch(s)")
     print(run.metrics.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
@@ -244,6 +253,15 @@ def _sal(args) -> int:
         bar.close()
     print(f"{args.run}: SAL ({args.estimator}) for {len(run.sal_epochs)} epoch(s) x {len(run.layer_names)} layers")
     print(run.sal_frame().to_string(float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
+def _probe(args) -> int:
+    from .probe import linear_probe
+
+    r = linear_probe(args.run, args.epoch)
+    print(f"linear probe of {args.run} at epoch {r.epoch} ({r.features} features, clean images, true classes): "
+          f"train {r.train_acc:.4f}  clean test {r.test_acc:.4f}")
     return 0
 
 
@@ -304,6 +322,7 @@ def _list(args) -> int:
 
     print("datasets:", ", ".join(list_datasets()))
     print("models:  ", ", ".join(list_models()))
+    print("tasks:   ", ", ".join(list_tasks()))
     print("recipes: ", ", ".join(list_recipes()), "(default: paper on cifar10/cifar100, quick elsewhere)")
     print("budgets: ", ", ".join(list_budgets()))
     print("unlearnable methods:")
@@ -398,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _sigterm)
     try:
         commands = {"train": _train, "info": _info, "list": _list, "sal": _sal, "ud": _ud, "demo": _demo,
-                    "poison": _poison, "landscape": _landscape, "paths": _paths}
+                    "poison": _poison, "landscape": _landscape, "paths": _paths, "probe": _probe}
         rc = commands[args.command](args)
         sys.stdout.flush()  # a closed pipe shows up here, in our handler, rather than at exit
         return rc

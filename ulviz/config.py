@@ -50,6 +50,7 @@ class TrainConfig:
     device: str = "auto"  # "auto" (cuda, then mps, then cpu) or a torch device string
     recipe: str = "quick"  # the named recipe these fields came from (ulviz.recipes): quick or paper
     augment: str = "none"  # training-batch augmentation: none, crop (pad 4), crop_flip (pad 4 + mirror)
+    task: str = "classify"  # what is learned from the images: classify, rotation, segment (ulviz.tasks)
 
 
 @dataclass(frozen=True)

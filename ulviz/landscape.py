@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -555,9 +555,11 @@ SPLITS = ("train", "clean", "test")  # the data the run trained on (maybe protec
 def run_model(run, epoch: int = -1) -> nn.Module:
     """A model of the run's architecture holding its weights at `epoch` (-1: the last finished)."""
     from .models import create_model
+    from .tasks import get_task
     ds = _run_dataset(run)
+    outputs = get_task(run.config.train.task).outputs(ds)
     with torch.random.fork_rng(devices=[]):
-        model = create_model(run.config.model.name, ds.image_shape, ds.num_classes, run.config.model.width)
+        model = create_model(run.config.model.name, ds.image_shape, outputs, run.config.model.width)
     model.load_state_dict(run.snapshot(epoch))
     return model.eval()
 
@@ -566,14 +568,15 @@ def run_data(run, split: str = "test", subset: int | None = None) -> tuple[torch
     """The samples a landscape of `run` is measured on (the first `subset` of them)."""
     if split not in SPLITS:
         raise UnknownNameError("split", split, list(SPLITS))
+    from .tasks import task_dataset
     ds = _run_dataset(run)
-    if split == "test":
-        x, y = ds.x_test, ds.y_test
-    elif split == "clean":
-        x, y = ds.x_train, ds.y_train
-    else:
+    if split == "train":
         from .poisons import make_poison
-        x, y = make_poison(run.config.poison, ds).x_train, ds.y_train
+        protected = replace(ds, x_train=make_poison(run.config.poison, ds).x_train)
+    else:
+        protected = ds
+    data = task_dataset(run.config.train.task, protected, ds, run.config.train.seed)  # the run's inputs and targets
+    x, y = (data.x_test, data.y_test) if split == "test" else (data.x_train, data.y_train)
     if subset is not None:
         if subset < 1:
             raise UlvizError("subset must be at least 1")

@@ -106,6 +106,20 @@ def _cnn(in_shape, k, width):
         + [("gap", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()), ("fc", nn.Linear(4 * w, k))]))
 
 
+@_register("fcn")
+def _fcn(in_shape, k, width):
+    """A small fully convolutional net for dense tasks (segment): three 3x3 convolutions keeping
+    the image size (w, 2w channels), then a 1x1 convolution to one map per class."""
+    c = in_shape[0]
+    w = width or 16
+    return nn.Sequential(OrderedDict([
+        ("conv1", nn.Conv2d(c, w, 3, padding=1)), ("relu1", nn.ReLU()),
+        ("conv2", nn.Conv2d(w, 2 * w, 3, padding=1)), ("relu2", nn.ReLU()),
+        ("conv3", nn.Conv2d(2 * w, 2 * w, 3, padding=1)), ("relu3", nn.ReLU()),
+        ("head", nn.Conv2d(2 * w, k, 1)),
+    ]))
+
+
 class BasicBlock(nn.Module):
     def __init__(self, cin, cout, stride):
         super().__init__()

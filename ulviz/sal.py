@@ -47,6 +47,7 @@ from torch.nn import functional as F
 from .devices import select_device
 from .errors import UlvizError, UnknownNameError
 from .models import build_model, model_stages, weight_layer_names
+from .steps import correct_count
 
 ESTIMATORS = ("exact", "fast")
 PARTS = ("sal", "s_max", "s_min", "acc_drop", "acc_rise")
@@ -198,7 +199,7 @@ class _Chain:
             for stage in self.stages:
                 out = stage(out)
             total += F.cross_entropy(out, y[b]).item() * len(b)
-            correct += (out.argmax(1) == y[b]).sum().item()
+            correct += correct_count(out, y[b]).item()
         return total / self.n, correct / self.n
 
     def suffix_for(self, name: str) -> "_Suffix":
@@ -263,7 +264,7 @@ def _evaluate_copies(suffix: _Suffix, ws: list[torch.Tensor], y) -> list[tuple[f
         for acc, w in zip(totals, ws):
             out = suffix.logits(w, h)
             acc[0] += F.cross_entropy(out, y[b]).item() * len(b)
-            acc[1] += (out.argmax(1) == y[b]).sum().item()
+            acc[1] += correct_count(out, y[b]).item()
     n = suffix.chain.n
     return [(t / n, c / n) for t, c in totals]
 
@@ -354,7 +355,7 @@ def plain_loop_sal(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, iters=
     @torch.no_grad()
     def evaluate(m):
         loss = sum(F.cross_entropy(m(xb), yb).item() * len(xb) for xb, yb in batches)
-        acc = sum((m(xb).argmax(1) == yb).sum().item() for xb, yb in batches)
+        acc = sum(correct_count(m(xb), yb).item() for xb, yb in batches)
         return loss / len(x), acc / len(x)
 
     loss0, acc0 = evaluate(base)
@@ -452,10 +453,13 @@ def compute_run_sal(path, config, *, device=None, progress: Callable[[int, int],
 
     if config.estimator not in ESTIMATORS:
         raise UnknownNameError("SAL estimator", config.estimator, list(ESTIMATORS))
+    from .tasks import task_dataset
+
     run = open_run(path)
-    dataset = load_dataset(run.config.data)
-    if config.split == "train":
-        dataset = replace(dataset, x_train=make_poison(run.config.poison, dataset).x_train)
+    clean = load_dataset(run.config.data)
+    protected = replace(clean, x_train=make_poison(run.config.poison, clean).x_train) if config.split == "train" else clean
+    # the run's task: its loss is what SAL measures (rotation labels, segmentation masks, ...)
+    dataset = task_dataset(run.config.train.task, protected, clean, run.config.train.seed)
     data = sal_data(dataset, config.split)
     model = build_model(run.config, dataset)
     layers = weight_layer_names(model)

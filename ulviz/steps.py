@@ -10,6 +10,13 @@ from .errors import DivergedError
 from .recipes import augment_batch
 
 
+def correct_count(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """How many samples the logits get right; with one target per pixel (dense tasks), each
+    sample counts the fraction of its pixels right, so accuracy stays a fraction of samples."""
+    hits = (logits.argmax(1) == y).float()
+    return hits.flatten(1).mean(1).sum() if hits.dim() > 1 else hits.sum()
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512,
              device: torch.device | None = None) -> tuple[float, float]:
@@ -21,8 +28,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     for i in range(0, len(x), batch_size):
         xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
         out = model(xb)
-        total_loss += F.cross_entropy(out, yb, reduction="sum").item()
-        correct += (out.argmax(1) == yb).sum().item()
+        losses = F.cross_entropy(out, yb, reduction="none")  # per sample, or per pixel for dense tasks
+        total_loss += (losses.flatten(1).mean(1) if losses.dim() > 1 else losses).sum().item()
+        correct += correct_count(out, yb).item()
     model.train(was_training)
     return total_loss / len(x), correct / len(x)
 

@@ -25,6 +25,7 @@ from .models import build_model, weight_layer_names
 from .poisons import make_poison
 from .sal import sal_callback
 from .steps import evaluate, train_epoch
+from .tasks import check_task_model, task_dataset
 from .store import RunWriter, open_run, reopen_for_resume
 
 __all__ = ["EpochContext", "TrainResult", "build_model", "evaluate", "lr_at", "make_optimizer", "resume", "train",
@@ -136,8 +137,11 @@ def _setup(config: RunConfig, dataset: Dataset | None = None):
     """(device, the protected dataset, the freshly initialized model on the device, its optimizer)."""
     device = select_device(config.train.device)
     dataset = dataset if dataset is not None else load_dataset(config.data)
-    poisoned = replace(dataset, x_train=make_poison(config.poison, dataset).x_train)
-    model = build_model(config, dataset).to(device)
+    protected = replace(dataset, x_train=make_poison(config.poison, dataset).x_train)
+    # the task's inputs and targets: protected images, targets from the clean data, clean test set
+    poisoned = task_dataset(config.train.task, protected, dataset, config.train.seed)
+    check_task_model(config.train.task, config.model.name)
+    model = build_model(config, poisoned).to(device)
     return device, poisoned, model, make_optimizer(config, model)
 
 

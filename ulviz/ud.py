@@ -205,6 +205,7 @@ class SALSource:
     path: Path | None = None  # where it was read from
     sal_epochs: list[int] = field(default_factory=list)  # the epochs that have SAL rows
     sal_settings: dict = field(default_factory=dict)  # how that SAL was computed (estimator, subset, ...)
+    task: str = "classify"  # what the run learned (UD compares runs of one task)
 
 
 def load_sal_source(path: str | Path) -> SALSource:
@@ -223,7 +224,7 @@ def load_sal_source(path: str | Path) -> SALSource:
                          f"compute it with `ulviz sal {path}`")
     acc = float(run.metrics["test_acc"].iloc[-1]) if len(run.metrics) else float("nan")
     return SALSource(run.name, run.layer_names, run.sal["sal"], acc, run.config.poison.method, path,
-                     [int(e) for e in run.sal_epochs], dict(run.sal_settings))
+                     [int(e) for e in run.sal_epochs], dict(run.sal_settings), run.config.train.task)
 
 
 class NoSALError(UlvizError):
@@ -241,6 +242,9 @@ def ud_table(clean, runs) -> tuple["pd.DataFrame", UDResult]:
     sources = [r if isinstance(r, SALSource) else load_sal_source(r) for r in runs]
     names = source_labels([clean] + sources)
     for s in sources:
+        if s.task != clean.task:
+            raise UlvizError(f"{s.name} learned the task {s.task!r}, the clean reference {clean.name} {clean.task!r}: "
+                             "UD compares a poisoned run of a task with the clean run of the same task")
         if s.layers != clean.layers:
             raise UlvizError(f"{s.name}: its layers differ from the clean run's ({len(s.layers)} vs {len(clean.layers)}); "
                              "UD compares runs of the same model")
@@ -312,7 +316,9 @@ def study_ud(paths, clean: str | Path | None = None) -> Study | None:
     for s in sources:
         if s is reference:
             continue
-        if s.layers != reference.layers:
+        if s.task != reference.task:
+            skipped.append(f"{s.name} ({s.path}): task {s.task}, the reference's is {reference.task}")
+        elif s.layers != reference.layers:
             skipped.append(f"{s.name} ({s.path}): another model than the reference {reference.name} ({reference.path})")
         else:
             others.append(s)
