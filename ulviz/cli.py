@@ -116,6 +116,21 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--csv", help="also write the table as CSV")
     u.add_argument("--json", help="also write the result as JSON")
 
+    ct = sub.add_parser("crosstask", help="cross-task study: method x task grid, scores, probe, UD")
+    ct.add_argument("--dataset", default="digits", choices=list_datasets())
+    ct.add_argument("--data-dir", help="directory (or .npz file) for datasets read from local files")
+    ct.add_argument("--model", default="lenet5", choices=list_models())
+    ct.add_argument("--width", type=int)
+    ct.add_argument("--epochs", type=int, default=10)
+    ct.add_argument("--recipe", choices=list_recipes(), help="default: paper on cifar10/cifar100, quick elsewhere")
+    ct.add_argument("--methods", default="em,ops", help="comma-separated unlearnable methods (clean is always run)")
+    ct.add_argument("--tasks", default="classify,rotation", help=f"comma-separated, of {', '.join(list_tasks())}")
+    ct.add_argument("--runs-dir", default="runs/crosstask", help="run files, one per task and method (reused when complete)")
+    ct.add_argument("--sal-epochs", help="exact SAL (for UD) at these epochs, e.g. 2,4,8; default: none, no UD")
+    ct.add_argument("--sal-subset", type=int, default=128, help="first N training samples for SAL")
+    ct.add_argument("--device", default="auto")
+    ct.add_argument("--csv", help="also write the table as CSV")
+
     pr = sub.add_parser("probe", help="linear probe: class information in a run's penultimate features")
     pr.add_argument("run", help="run file (.h5)")
     pr.add_argument("--epoch", type=int, default=-1, help="epoch whose weights to probe (default: the last)")
@@ -253,6 +268,27 @@ def _sal(args) -> int:
         bar.close()
     print(f"{args.run}: SAL ({args.estimator}) for {len(run.sal_epochs)} epoch(s) x {len(run.layer_names)} layers")
     print(run.sal_frame().to_string(float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
+def _crosstask(args) -> int:
+    from .crosstask import crosstask_table, grid_configs, run_grid
+
+    base = RunConfig(name="clean", data=DataConfig(args.dataset, args.data_dir),
+                     model=ModelConfig(args.model, args.width),
+                     train=apply_recipe(TrainConfig(epochs=args.epochs, device=args.device),
+                                        args.recipe or default_recipe(args.dataset), args.dataset))
+    methods = {m: PoisonConfig(m) for m in args.methods.split(",") if m and m != "clean"}
+    configs = grid_configs(base, methods, [t for t in args.tasks.split(",") if t])
+    sal = SALConfig(estimator="exact", subset=args.sal_subset) if args.sal_epochs else None
+    epochs = [int(e) for e in args.sal_epochs.split(",")] if args.sal_epochs else None
+    paths = run_grid(configs, args.runs_dir, sal, epochs, say=lambda t: print(t, flush=True))
+    table = crosstask_table(paths)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print("ratio = score / the clean run's of the same task; probe = linear probe on the clean images' classes; "
+          "UD against the clean run of the same task")
+    if args.csv:
+        table.to_csv(args.csv, index=False)
     return 0
 
 
@@ -417,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _sigterm)
     try:
         commands = {"train": _train, "info": _info, "list": _list, "sal": _sal, "ud": _ud, "demo": _demo,
-                    "poison": _poison, "landscape": _landscape, "paths": _paths, "probe": _probe}
+                    "poison": _poison, "landscape": _landscape, "paths": _paths, "probe": _probe,
+                    "crosstask": _crosstask}
         rc = commands[args.command](args)
         sys.stdout.flush()  # a closed pipe shows up here, in our handler, rather than at exit
         return rc

@@ -275,6 +275,41 @@ def divergence_heatmap(table: pd.DataFrame, name: str, reference: str = "the cle
     return _layout(fig, f"How far {name} departs from {reference}, per layer", "epoch", "layer (weight tensor)")
 
 
+CROSSTASK_SCALE = _scale("RdYlGn")  # red = the task is lost on protected data, green = as learnable as clean
+
+
+def crosstask_heatmap(table: pd.DataFrame) -> go.Figure:
+    """Method (rows) x task (columns) of the score's ratio to the clean run of that task, the
+    ratio and the score itself written on each cell."""
+    pivot = table.pivot_table(index="label", columns="task", values="ratio", aggfunc="first")
+    scores = table.pivot_table(index="label", columns="task", values="score", aggfunc="first")
+    rows = sorted(pivot.index, key=lambda r: (r != "clean", r))
+    pivot, scores = pivot.reindex(rows), scores.reindex(rows)
+    text = [[("" if np.isnan(r) else f"{r:.2f}<br>({s:.2f})") for r, s in zip(rr, ss)]
+            for rr, ss in zip(pivot.to_numpy(), scores.reindex(columns=pivot.columns).to_numpy())]
+    fig = go.Figure(go.Heatmap(z=pivot.to_numpy(), x=list(pivot.columns), y=rows, zmin=0, zmax=1.2,
+                               colorscale=CROSSTASK_SCALE, text=text, texttemplate="%{text}",
+                               colorbar=dict(title="ratio to clean"),
+                               hovertemplate="%{y} · %{x}<br>ratio %{z:.3f}<extra></extra>"))
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, "Clean-test score relative to clean training of the same task", "task", "protection",
+                   height=max(300, 45 * len(rows) + 120))
+
+
+def probe_bars(table: pd.DataFrame, colours: dict[str, str] | None = None) -> go.Figure:
+    """Linear-probe accuracy (class information in the features) per protection, one bar per task."""
+    fig = go.Figure()
+    for i, (task, group) in enumerate(table.groupby("task", sort=False)):
+        group = group.sort_values("label", key=lambda c: c.map(lambda r: (r != "clean", r)))
+        fig.add_trace(go.Bar(x=group["label"], y=group["probe"] * 100, name=task,
+                             marker_color=PALETTE[i % len(PALETTE)],
+                             hovertemplate="%{x} · " + task + "<br>probe %{y:.1f}%<extra></extra>"))
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(range=[0, 100])
+    return _layout(fig, "Linear probe: clean-test accuracy of a logistic head on the frozen features",
+                   "protection", "probe accuracy (%)")
+
+
 # ---------------------------------------------------------------- teaching page (a model with two weights)
 
 _TEACH_COLOURS = {"clean": PALETTE[0], "poisoned": PALETTE[1]}

@@ -1,0 +1,117 @@
+"""Cross-task unlearnability: do protected images still teach other tasks?
+
+The paper opens with it: unlearnable examples made against classification still let a network
+learn other tasks on the same images, so they are not truly unlearnable. A study is a grid of
+runs, method x task, all trained on the same (possibly protected) images and scored on clean test
+images. Per run it reports the task's metric, its ratio to the clean run of the same task, the
+linear-probe accuracy (:mod:`ulviz.probe`: class information in the features, whatever the task)
+and the UD against the clean run of the same task (SAL with the task's own loss).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+
+from .config import PoisonConfig, RunConfig
+from .errors import UlvizError
+
+LAST = 4  # epochs averaged for a run's score: the paper recipe's constant lr makes single epochs noisy
+
+
+def grid_configs(base: RunConfig, methods: dict[str, PoisonConfig], tasks: Iterable[str]) -> dict[str, RunConfig]:
+    """File stem -> config of every (task, method) run; the clean run of each task is always in."""
+    methods = {"clean": PoisonConfig("clean"), **methods}
+    return {f"{task}-{label}": replace(base, name=label, poison=poison, train=replace(base.train, task=task))
+            for task in tasks for label, poison in methods.items()}
+
+
+def complete_run(path: Path, config: RunConfig) -> bool:
+    """Whether `path` holds a finished run of `config` (its name aside), so a study reuses it."""
+    from .store import open_run
+    try:
+        run = open_run(path)
+    except UlvizError:
+        return False
+    return run.status == "complete" and replace(run.config, name=config.name) == config
+
+
+def run_grid(configs: dict[str, RunConfig], runs_dir: str | Path, sal=None, sal_epochs: list[int] | None = None,
+             say: Callable[[str], None] = print) -> list[Path]:
+    """Train every config not already complete in `runs_dir`, then its SAL (post hoc, `sal` at
+    `sal_epochs`) when asked; returns the run files."""
+    from .sal import compute_run_sal
+    from .training import train
+
+    runs_dir = Path(runs_dir)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for stem, config in configs.items():
+        path = runs_dir / f"{stem}.h5"
+        if complete_run(path, config):
+            say(f"{stem}: reused {path}")
+        else:
+            say(f"{stem}: training")
+            train(config, path, overwrite=True)
+        if sal is not None:
+            compute_run_sal(path, sal, epochs=sal_epochs)
+        paths.append(path)
+    return paths
+
+
+def task_score(run) -> tuple[str, float]:
+    """(metric name, value) of a run on clean test data: accuracy averaged over its last epochs,
+    or for segment the foreground IoU of its final weights."""
+    from .tasks import get_task
+    task = get_task(run.config.train.task)
+    if task.metric == "IoU":
+        return "IoU", final_iou(run)
+    return "accuracy", float(run.metrics["test_acc"].iloc[-LAST:].mean())
+
+
+def final_iou(run) -> float:
+    """Foreground IoU of the run's final weights on its clean test set."""
+    import torch
+
+    from .landscape import run_data, run_model
+    from .tasks import iou
+    model = run_model(run)
+    x, y = run_data(run, "test")
+    with torch.no_grad():
+        return iou(torch.cat([model(x[i:i + 512]) for i in range(0, len(x), 512)]), y)
+
+
+def crosstask_table(paths: Iterable[str | Path], probe: bool = True) -> pd.DataFrame:
+    """One row per run: method, task, metric, score, ratio to the clean run of its task, probe
+    accuracy and UD against that clean run (NaN where the run or its clean run has no SAL)."""
+    from .probe import linear_probe
+    from .store import open_run, run_labels
+    from .ud import unlearnable_distance
+
+    runs = [open_run(p) for p in paths]
+    rows = []
+    for label, run in zip(run_labels(runs), runs):
+        metric, score = task_score(run)
+        rows.append({"run": label, "method": run.config.poison.method, "label": run.name,
+                     "task": run.config.train.task, "metric": metric,
+                     "score": score, "probe": linear_probe(run.path).test_acc if probe else np.nan, "_run": run})
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    table["ratio"], table["UD"] = np.nan, np.nan
+    for task, group in table.groupby("task"):
+        clean = [i for i in group.index if table.at[i, "_run"].config.poison.method == "clean"]
+        if not clean:
+            continue
+        ref = table.at[clean[0], "_run"]
+        table.loc[group.index, "ratio"] = group["score"] / table.at[clean[0], "score"]
+        with_sal = [i for i in group.index if len(table.at[i, "_run"].sal_epochs) and
+                    table.at[i, "_run"].layer_names == ref.layer_names]
+        if len(ref.sal_epochs) and with_sal:
+            result = unlearnable_distance(ref.sal["sal"], {i: table.at[i, "_run"].sal["sal"] for i in with_sal})
+            for i in with_sal:
+                table.at[i, "UD"] = result.ud[i]
+    return table.drop(columns="_run")[["run", "label", "method", "task", "metric", "score", "ratio", "probe", "UD"]]
