@@ -5,6 +5,7 @@ The public API (everything else is internal)::
     from ulviz import RunConfig, train, open_run, load_dataset, create_model
     from ulviz import layer_sal, unlearnable_distance, plane, line, run_landscape, pca_plane
     from ulviz import ToyConfig, lesson      # the teaching page's two-weight model, exactly
+    from ulviz import list_tasks, linear_probe  # other tasks on protected images; class info in features
 """
 __version__ = "0.1.0"
 
@@ -21,6 +22,8 @@ from .ud import unlearnable_distance
 from .landscape import interpolation, line, plane, run_landscape
 from .trajectory import divergence, pca_plane
 from .teaching import ToyConfig, lesson
+from .tasks import list_tasks
+from .probe import linear_probe
 
 __all__ = [
     "__version__",
@@ -36,4 +39,5 @@ __all__ = [
     "interpolation", "line", "plane", "run_landscape",
     "divergence", "pca_plane",
     "ToyConfig", "lesson",
+    "list_tasks", "linear_probe",
 ]
