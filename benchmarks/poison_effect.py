@@ -91,8 +91,9 @@ def main():
         path = runs_dir / f"{label.replace('/', '-')}.h5"
         history = _reuse(path, config)
         if history is None:
-            history = train(config, path, overwrite=True, dataset=replace(dataset, x_train=protected.x_train),
-                            progress=True).history
+            # the clean dataset: train() protects it with config.poison (the cached poison made above);
+            # passing the protected one made it protect the images a second time
+            history = train(config, path, overwrite=True, dataset=dataset, progress=True).history
         last = history[-1]
         tail = [r["test_acc"] for r in history[-5:]]
         facts = {k: v for k, v in protected.info.items() if k in ("rounds", "surrogate_train_error", "targeted_success")}

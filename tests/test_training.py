@@ -79,3 +79,17 @@ def test_initial_snapshot_is_the_seeded_init(tmp_path):
     from ulviz import load_dataset
     init = build_model(cfg, load_dataset("synthetic")).state_dict()
     assert _state_equal(open_run(tmp_path / "r.h5").snapshot(0), init)
+
+
+def test_train_protects_the_dataset_it_is_given_once(tmp_path):
+    """`train(dataset=...)` takes the *clean* set and protects it with config.poison: the images
+    it trains on equal make_poison's output (a benchmark once passed the protected set and so
+    trained on images protected twice)."""
+    from dataclasses import replace as dc_replace
+    from ulviz import PoisonConfig, load_dataset
+    from ulviz.poisons import make_poison
+    seen = []
+    cfg = dc_replace(tiny_config(epochs=1), poison=PoisonConfig("random", params={"mode": "sample", "eps": 0.1}))
+    ds = load_dataset(cfg.data)
+    train(cfg, callbacks=[lambda ctx: seen.append(ctx.dataset.x_train)], dataset=ds)
+    assert torch.equal(seen[-1], make_poison(cfg.poison, ds).x_train)
