@@ -8,7 +8,7 @@ landscapes, UD).
   CIFAR-10 subset (``data/cifar10-subset``, 5085 / 1017 images) with the paper recipe, 16 epochs,
   clean and under every method that works there (see ``benchmarks/poison_effect.py``; ar is left
   out: at this width and length the network does not learn its shortcut, so it protects nothing
-  here, while at width 8 over 40 epochs it does). A smaller
+  here; the poison benchmark saw it work at width 8 over 40 epochs). A smaller
   plain conv net with global pooling (``cnn``) was tried first and learned neither the clean task
   nor the position-bound shortcuts (lsp, ops) in 16 epochs. Exact SAL is measured on a fixed
   subset, the first 128 training images of each run (protected where the run's are), at epochs
@@ -36,7 +36,7 @@ DATA_ROOT = Path(__file__).resolve().parent.parent / "data"
 DEMO_DIR = DATA_ROOT / "demo"  # the bundled study, read-only for the dashboard
 
 # What two CPU cores afford for the surrogate-based methods (the originals' budgets are GPU-hours
-# on 50,000 images). benchmarks/poison_effect.py uses the same settings and shows they work.
+# on 50,000 images). benchmarks/poison_effect.py uses the same settings; the demo's runs show they work.
 CPU_POISON_SETTINGS = {
     # per round an epoch of surrogate training (the original's 0.1 epoch is 1 step on the subset,
     # which needs ten times the rounds, each a 20-step pass over every sample)
@@ -70,7 +70,7 @@ def _cifar10() -> Study:
         "lsp": PoisonConfig("lsp"),
         "ops": PoisonConfig("ops"),
         # no "ar": this network does not pick up its shortcut in 16 epochs (measured: 0.45 clean-test
-        # accuracy against the clean run's 0.47); at width 8 over 40 epochs it does (poison_effect.py)
+        # accuracy against the clean run's 0.47); at width 8 over 40 epochs poison_effect.py saw it work
         "cuda": PoisonConfig("cuda"),
         "em-class": PoisonConfig("em", params={"mode": "class", **SURROGATE}),
         "em": PoisonConfig("em", params={**SURROGATE, **CPU_POISON_SETTINGS["em"]}),
