@@ -1,0 +1,73 @@
+"""Defenses on hand-checked images (work in progress: not yet wired into training)."""
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from ulviz.defenses import cutmix, cutout, defend_data, grayscale, iss, jpeg, list_defenses, mixup, parse_defense
+from ulviz.errors import UlvizError
+
+
+def test_registry_and_specs():
+    assert list_defenses() == ["jpeg", "grayscale", "iss", "cutout", "mixup", "cutmix"]
+    assert parse_defense("jpeg:quality=30") == {"name": "jpeg", "params": {"quality": 30}}
+    with pytest.raises(UlvizError):
+        parse_defense("nope")
+    with pytest.raises(UlvizError, match="no parameter"):
+        defend_data(torch.rand(1, 3, 8, 8), [{"name": "jpeg", "params": {"q": 3}}])
+
+
+def test_grayscale_of_a_pure_red_image():
+    red = torch.zeros(1, 3, 4, 4)
+    red[:, 0] = 1.0
+    g = grayscale(red)
+    assert torch.allclose(g, torch.full_like(red, 0.299))
+
+
+def test_jpeg_changes_the_image_and_round_trips_through_the_codec():
+    from PIL import Image
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = jpeg(x, quality=10)
+    assert (y - x).abs().mean() > 0.05  # quality 10 destroys high-frequency noise
+    # the same bytes through Pillow by hand give the same image
+    arr = (x[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=10)
+    ref = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")) / 255
+    np.testing.assert_allclose(y[0].permute(1, 2, 0).numpy(), ref, atol=1e-6)
+    assert torch.equal(iss(x), jpeg(grayscale(x), 10))
+
+
+def test_cutout_zeroes_one_patch_of_the_right_size():
+    x = torch.ones(8, 3, 32, 32)
+    out, _ = cutout(x, torch.zeros(8, dtype=torch.long), 10, torch.Generator().manual_seed(1), size=16)
+    for img in out:
+        zeros = (img[0] == 0)
+        rows, cols = zeros.any(1).nonzero().ravel(), zeros.any(0).nonzero().ravel()
+        assert zeros.sum() == len(rows) * len(cols)  # one rectangle
+        assert len(rows) <= 16 and len(cols) <= 16 and (img == 0).all(0).equal(zeros)  # every channel
+    assert (out == 0).sum(dim=(1, 2, 3)).max() == 3 * 16 * 16  # a square fully inside: exactly 16 x 16
+
+
+def test_mixup_mixes_images_and_labels_with_the_same_lambda():
+    x = torch.arange(6, dtype=torch.float32).view(6, 1, 1, 1).expand(6, 1, 4, 4).clone()  # image i is all i
+    y = torch.arange(6)  # one class per sample: the soft label names the partner
+    xm, ym = mixup(x, y, 6, torch.Generator().manual_seed(3), alpha=1.0)
+    lams = []
+    for i in range(6):
+        others = [j for j in range(6) if j != i and ym[i, j] > 0]
+        lam = ym[i, i].item()
+        partner = others[0] if others else i
+        assert torch.allclose(xm[i], torch.full_like(xm[i], lam * i + (1 - lam) * partner), atol=1e-5)
+        if others:
+            lams.append(lam)
+    assert torch.allclose(ym.sum(1), torch.ones(6)) and len(set(round(l, 6) for l in lams)) <= 1  # one lambda a batch
+
+
+def test_cutmix_labels_follow_the_pasted_area():
+    x = torch.cat([torch.zeros(1, 1, 8, 8), torch.ones(1, 1, 8, 8)])
+    for seed in range(5):
+        xm, ym = cutmix(x, torch.tensor([0, 1]), 2, torch.Generator().manual_seed(seed))
+        for i in range(2):
+            assert ym[i, 1].item() == pytest.approx(xm[i].mean().item(), abs=1e-6)  # label share = pixel share
