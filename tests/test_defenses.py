@@ -71,3 +71,21 @@ def test_cutmix_labels_follow_the_pasted_area():
         xm, ym = cutmix(x, torch.tensor([0, 1]), 2, torch.Generator().manual_seed(seed))
         for i in range(2):
             assert ym[i, 1].item() == pytest.approx(xm[i].mean().item(), abs=1e-6)  # label share = pixel share
+
+
+def test_training_defends_the_training_images_never_the_test_set(tmp_path):
+    from dataclasses import replace
+    from conftest import tiny_config
+    from ulviz import load_dataset, train
+    from ulviz.cli import main
+    from ulviz.poisons import make_poison
+    seen = []
+    cfg = tiny_config(epochs=1)
+    cfg = replace(cfg, train=replace(cfg.train, defenses=[{"name": "jpeg", "params": {"quality": 20}},
+                                                          {"name": "mixup", "params": {}}]))
+    train(cfg, tmp_path / "d.h5", callbacks=[lambda ctx: seen.append(ctx.dataset)])
+    ds = load_dataset(cfg.data)
+    assert torch.equal(seen[-1].x_train, jpeg(make_poison(cfg.poison, ds).x_train, 20))  # once, before training
+    assert torch.equal(seen[-1].x_test, ds.x_test)  # the test set untouched
+    assert main(["train", "--dataset", "synthetic", "--model", "mlp", "--epochs", "1", "--defense", "nope",
+                 "--out", str(tmp_path / "x.h5"), "--quiet"]) == 2

@@ -16,6 +16,7 @@ from .models import list_models
 from .poisons import list_budgets, list_methods
 from .recipes import AUGMENTATIONS, apply_recipe, default_recipe, list_recipes
 from .tasks import list_tasks
+from .defenses import list_defenses, parse_defense
 
 
 def _param(text: str) -> tuple[str, object]:
@@ -58,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--schedule", choices=["constant", "cosine", "step"], help="default: the recipe's")
     t.add_argument("--batch-size", type=int, help="default: the recipe's")
     t.add_argument("--augment", choices=list(AUGMENTATIONS), help="training augmentation (default: the recipe's)")
+    t.add_argument("--defense", action="append", default=[], metavar="NAME[:KEY=VALUE,...]",
+                   help="a trainer's defense, repeatable, applied in order: jpeg, grayscale, iss (once, on the "
+                        "training images), cutout, mixup, cutmix (on every batch); e.g. --defense jpeg:quality=10")
     t.add_argument("--task", default=tc.task, choices=list_tasks(),
                    help="what is learned from the (maybe protected) images: classify (the default), rotation "
                         "(4-way rotation prediction), segment (foreground masks of grayscale digits; model fcn)")
@@ -193,7 +197,8 @@ def _train(args) -> int:
         data=DataConfig(args.dataset, args.data_dir, args.allow_pickle, args.train_limit, args.test_limit),
         poison=PoisonConfig(args.poison, args.poison_ratio, args.poison_seed, dict(args.poison_param), args.budget),
         model=ModelConfig(args.model, args.width),
-        train=apply_recipe(TrainConfig(epochs=args.epochs, seed=args.seed, device=args.device, task=args.task),
+        train=apply_recipe(TrainConfig(epochs=args.epochs, seed=args.seed, device=args.device, task=args.task,
+                                       defenses=[parse_defense(d) for d in args.defense]),
                            args.recipe or default_recipe(args.dataset), args.dataset,
                            optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
                            weight_decay=args.weight_decay, schedule=args.schedule, batch_size=args.batch_size,
@@ -237,7 +242,7 @@ def _info(args) -> int:
     print(f"train    recipe {c.train.recipe}: {c.train.optimizer} lr {c.train.lr} {c.train.schedule}  "
           f"batch {c.train.batch_size}  augment {c.train.augment}  epochs {run.epochs_done}/{c.train.epochs}  "
           f"seed {c.train.seed}")
-    print(f"task     {c.train.task}")
+    print(f"task     {c.train.task}   defenses {', '.join(d['name'] + (':' + ','.join(f'{k}={v}' for k, v in d['params'].items()) if d['params'] else '') for d in c.train.defenses) or 'none'}")
     print(f"layers   {', '.join(run.layer_names)}")
     print(f"SAL      {len(run.sal_epochs)} epoch(s)")
     print(run.metrics.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
@@ -359,6 +364,7 @@ def _list(args) -> int:
     print("datasets:", ", ".join(list_datasets()))
     print("models:  ", ", ".join(list_models()))
     print("tasks:   ", ", ".join(list_tasks()))
+    print("defenses:", ", ".join(list_defenses()))
     print("recipes: ", ", ".join(list_recipes()), "(default: paper on cifar10/cifar100, quick elsewhere)")
     print("budgets: ", ", ".join(list_budgets()))
     print("unlearnable methods:")

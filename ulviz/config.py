@@ -51,6 +51,7 @@ class TrainConfig:
     recipe: str = "quick"  # the named recipe these fields came from (ulviz.recipes): quick or paper
     augment: str = "none"  # training-batch augmentation: none, crop (pad 4), crop_flip (pad 4 + mirror)
     task: str = "classify"  # what is learned from the images: classify, rotation, segment (ulviz.tasks)
+    defenses: list = field(default_factory=list)  # the trainer's defenses, in order: [{"name", "params"}] (ulviz.defenses)
 
 
 @dataclass(frozen=True)

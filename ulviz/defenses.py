@@ -91,6 +91,14 @@ def defend_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, specs: list
     return x, y
 
 
+def batch_defense(specs: list[dict], num_classes: int):
+    """The batch defenses of `specs` as one (x, y, generator) -> (x, y) step for the training
+    loop, or None when there is none (batches then go untouched)."""
+    if not any(get_defense(s["name"]).kind == "batch" for s in specs):
+        return None
+    return lambda x, y, generator: defend_batch(x, y, num_classes, specs, generator)
+
+
 # -- data defenses ----------------------------------------------------------------------------
 
 @_register("jpeg", "data", quality=10)

@@ -54,15 +54,18 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, xb: torch.Ten
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
                 order: torch.Tensor, batch_size: int, device: torch.device, augment: str = "none",
-                generator: torch.Generator | None = None) -> float:
+                generator: torch.Generator | None = None, defend=None) -> float:
     """One pass of minibatch training in `order`, each batch augmented (`augment`, randomness from
-    `generator`); returns the mean loss, raises DivergedError on a NaN/inf loss."""
+    `generator`) and then defended (`defend(x, y, generator)`, see ulviz.defenses); returns the
+    mean loss, raises DivergedError on a NaN/inf loss."""
     total = 0.0
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
         xb, yb = x[idx].to(device), y[idx].to(device)
         if augment != "none":
             xb = augment_batch(xb, augment, generator)
+        if defend is not None:  # the trainer's batch defenses (cutout, mixup, ...): after augmentation
+            xb, yb = defend(xb, yb, generator)
         try:
             loss = train_step(model, optimizer, xb, yb)
         except DivergedError as e:

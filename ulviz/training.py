@@ -26,6 +26,7 @@ from .poisons import make_poison
 from .sal import sal_callback
 from .steps import evaluate, train_epoch
 from .tasks import check_task_model, task_dataset
+from .defenses import batch_defense, defend_data
 from .store import RunWriter, open_run, reopen_for_resume
 
 __all__ = ["EpochContext", "TrainResult", "build_model", "evaluate", "lr_at", "make_optimizer", "resume", "train",
@@ -137,7 +138,7 @@ def _setup(config: RunConfig, dataset: Dataset | None = None):
     """(device, the protected dataset, the freshly initialized model on the device, its optimizer)."""
     device = select_device(config.train.device)
     dataset = dataset if dataset is not None else load_dataset(config.data)
-    protected = replace(dataset, x_train=make_poison(config.poison, dataset).x_train)
+    protected = replace(dataset, x_train=defend_data(make_poison(config.poison, dataset).x_train, config.train.defenses))
     # the task's inputs and targets: protected images, targets from the clean data, clean test set
     poisoned = task_dataset(config.train.task, protected, dataset, config.train.seed)
     check_task_model(config.train.task, config.model.name)
@@ -166,7 +167,7 @@ def _run_epochs(config, model, optimizer, poisoned, writer, device, callbacks, h
             order, g = epoch_order(len(poisoned.x_train), config.train.seed, epoch)
             try:
                 train_epoch(model, optimizer, poisoned.x_train, poisoned.y_train, order, config.train.batch_size,
-                            device, config.train.augment, g)
+                            device, config.train.augment, g, batch_defense(config.train.defenses, poisoned.num_classes))
             except DivergedError as e:
                 status = "diverged"
                 if writer:
