@@ -89,3 +89,19 @@ def test_training_defends_the_training_images_never_the_test_set(tmp_path):
     assert torch.equal(seen[-1].x_test, ds.x_test)  # the test set untouched
     assert main(["train", "--dataset", "synthetic", "--model", "mlp", "--epochs", "1", "--defense", "nope",
                  "--out", str(tmp_path / "x.h5"), "--quiet"]) == 2
+
+
+def test_ud_compares_a_defended_run_only_with_the_clean_run_under_the_same_defenses(tmp_path):
+    from dataclasses import replace
+    from conftest import tiny_config
+    from ulviz import SALConfig, train
+    from ulviz.ud import ud_table
+    base = replace(tiny_config(epochs=2), sal=SALConfig(estimator="fast", subset=100))
+    defended = replace(base.train, defenses=[{"name": "cutout", "params": {"size": 2}}])
+    train(replace(base, name="clean"), tmp_path / "clean.h5")
+    train(replace(base, name="clean", train=defended), tmp_path / "clean-cutout.h5")
+    train(replace(base, name="noise", train=defended, poison=replace(base.poison, method="random")), tmp_path / "n.h5")
+    with pytest.raises(UlvizError, match="same defenses"):
+        ud_table(tmp_path / "clean.h5", [tmp_path / "n.h5"])
+    table, _ = ud_table(tmp_path / "clean-cutout.h5", [tmp_path / "n.h5"])
+    assert list(table["role"]) == ["reference", "protected"]

@@ -571,8 +571,9 @@ def run_data(run, split: str = "test", subset: int | None = None) -> tuple[torch
     from .tasks import task_dataset
     ds = _run_dataset(run)
     if split == "train":
+        from .defenses import defend_data
         from .poisons import make_poison
-        protected = replace(ds, x_train=make_poison(run.config.poison, ds).x_train)
+        protected = replace(ds, x_train=defend_data(make_poison(run.config.poison, ds).x_train, run.config.train.defenses))
     else:
         protected = ds
     data = task_dataset(run.config.train.task, protected, ds, run.config.train.seed)  # the run's inputs and targets

@@ -457,7 +457,10 @@ def compute_run_sal(path, config, *, device=None, progress: Callable[[int, int],
 
     run = open_run(path)
     clean = load_dataset(run.config.data)
-    protected = replace(clean, x_train=make_poison(run.config.poison, clean).x_train) if config.split == "train" else clean
+    from .defenses import defend_data
+    # what the run trained on: protected, then the trainer's data defenses (jpeg, grayscale, ...)
+    protected = (replace(clean, x_train=defend_data(make_poison(run.config.poison, clean).x_train, run.config.train.defenses))
+                 if config.split == "train" else clean)
     # the run's task: its loss is what SAL measures (rotation labels, segmentation masks, ...)
     dataset = task_dataset(run.config.train.task, protected, clean, run.config.train.seed)
     data = sal_data(dataset, config.split)

@@ -206,6 +206,7 @@ class SALSource:
     sal_epochs: list[int] = field(default_factory=list)  # the epochs that have SAL rows
     sal_settings: dict = field(default_factory=dict)  # how that SAL was computed (estimator, subset, ...)
     task: str = "classify"  # what the run learned (UD compares runs of one task)
+    defenses: list = field(default_factory=list)  # the trainer's defenses (UD compares runs under the same ones)
 
 
 def load_sal_source(path: str | Path) -> SALSource:
@@ -224,7 +225,8 @@ def load_sal_source(path: str | Path) -> SALSource:
                          f"compute it with `ulviz sal {path}`")
     acc = float(run.metrics["test_acc"].iloc[-1]) if len(run.metrics) else float("nan")
     return SALSource(run.name, run.layer_names, run.sal["sal"], acc, run.config.poison.method, path,
-                     [int(e) for e in run.sal_epochs], dict(run.sal_settings), run.config.train.task)
+                     [int(e) for e in run.sal_epochs], dict(run.sal_settings), run.config.train.task,
+                     list(run.config.train.defenses))
 
 
 class NoSALError(UlvizError):
@@ -245,6 +247,10 @@ def ud_table(clean, runs) -> tuple["pd.DataFrame", UDResult]:
         if s.task != clean.task:
             raise UlvizError(f"{s.name} learned the task {s.task!r}, the clean reference {clean.name} {clean.task!r}: "
                              "UD compares a poisoned run of a task with the clean run of the same task")
+        if s.defenses != clean.defenses:
+            raise UlvizError(f"{s.name} was trained with the defenses {s.defenses or 'none'}, the clean reference "
+                             f"{clean.name} with {clean.defenses or 'none'}: UD of a defended run is taken against "
+                             "the clean run trained with the same defenses")
         if s.layers != clean.layers:
             raise UlvizError(f"{s.name}: its layers differ from the clean run's ({len(s.layers)} vs {len(clean.layers)}); "
                              "UD compares runs of the same model")
@@ -318,6 +324,8 @@ def study_ud(paths, clean: str | Path | None = None) -> Study | None:
             continue
         if s.task != reference.task:
             skipped.append(f"{s.name} ({s.path}): task {s.task}, the reference's is {reference.task}")
+        elif s.defenses != reference.defenses:
+            skipped.append(f"{s.name} ({s.path}): trained with other defenses than the reference")
         elif s.layers != reference.layers:
             skipped.append(f"{s.name} ({s.path}): another model than the reference {reference.name} ({reference.path})")
         else:
