@@ -105,3 +105,16 @@ def test_ud_compares_a_defended_run_only_with_the_clean_run_under_the_same_defen
         ud_table(tmp_path / "clean.h5", [tmp_path / "n.h5"])
     table, _ = ud_table(tmp_path / "clean-cutout.h5", [tmp_path / "n.h5"])
     assert list(table["role"]) == ["reference", "protected"]
+
+
+def test_runs_table_shows_task_and_defenses(tmp_path):
+    from dataclasses import replace
+    from conftest import tiny_config
+    from ulviz import train
+    from ulviz.store import runs_table
+    cfg = tiny_config(epochs=1)
+    train(replace(cfg, train=replace(cfg.train, defenses=[{"name": "grayscale", "params": {}},
+                                                          {"name": "cutout", "params": {"size": 2}}])), tmp_path / "a.h5")
+    train(cfg, tmp_path / "b.h5")
+    table = runs_table([tmp_path / "a.h5", tmp_path / "b.h5"])
+    assert list(table["defenses"]) == ["grayscale, cutout", "-"] and list(table["task"]) == ["classify", "classify"]

@@ -655,7 +655,9 @@ def runs_table(paths: list[Path]) -> pd.DataFrame:
             last = r.metrics.iloc[-1] if len(r.metrics) else None
             rows.append({
                 "file": str(p), "name": r.name, "method": r.config.poison.method, "model": r.config.model.name,
-                "dataset": r.config.data.name, "epochs": f"{r.epochs_done}/{r.config.train.epochs}",
+                "dataset": r.config.data.name, "task": r.config.train.task,
+                "defenses": ", ".join(d["name"] for d in r.config.train.defenses) or "-",
+                "epochs": f"{r.epochs_done}/{r.config.train.epochs}",
                 "status": r.status, "train_acc": None if last is None else last.train_acc,
                 "test_acc": None if last is None else last.test_acc, "error": "",
             })
