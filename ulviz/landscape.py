@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -568,15 +568,8 @@ def run_data(run, split: str = "test", subset: int | None = None) -> tuple[torch
     """The samples a landscape of `run` is measured on (the first `subset` of them)."""
     if split not in SPLITS:
         raise UnknownNameError("split", split, list(SPLITS))
-    from .tasks import task_dataset
-    ds = _run_dataset(run)
-    if split == "train":
-        from .defenses import defend_data
-        from .poisons import make_poison
-        protected = replace(ds, x_train=defend_data(make_poison(run.config.poison, ds).x_train, run.config.train.defenses))
-    else:
-        protected = ds
-    data = task_dataset(run.config.train.task, protected, ds, run.config.train.seed)  # the run's inputs and targets
+    from .trainset import training_data
+    data = training_data(run.config, _run_dataset(run), protected=split == "train")  # the run's inputs and targets
     x, y = (data.x_test, data.y_test) if split == "test" else (data.x_train, data.y_train)
     if subset is not None:
         if subset < 1:

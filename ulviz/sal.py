@@ -35,7 +35,7 @@ fidelity to `exact` is measured by ``benchmarks/sal_speed.py``.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Callable, Iterable
 
 import numpy as np
@@ -448,21 +448,14 @@ def compute_run_sal(path, config, *, device=None, progress: Callable[[int, int],
     the run. UD averages over the epochs that have SAL, so a few spread epochs give a cheaper,
     coarser estimate of the same quantity."""
     from .data import load_dataset
-    from .poisons import make_poison
     from .store import append_sal_row, open_run, prepare_sal
+    from .trainset import training_data
 
     if config.estimator not in ESTIMATORS:
         raise UnknownNameError("SAL estimator", config.estimator, list(ESTIMATORS))
-    from .tasks import task_dataset
-
     run = open_run(path)
-    clean = load_dataset(run.config.data)
-    from .defenses import defend_data
-    # what the run trained on: protected, then the trainer's data defenses (jpeg, grayscale, ...)
-    protected = (replace(clean, x_train=defend_data(make_poison(run.config.poison, clean).x_train, run.config.train.defenses))
-                 if config.split == "train" else clean)
-    # the run's task: its loss is what SAL measures (rotation labels, segmentation masks, ...)
-    dataset = task_dataset(run.config.train.task, protected, clean, run.config.train.seed)
+    # what the run trained on, in its task (SAL measures the task's loss: rotations, masks, ...)
+    dataset = training_data(run.config, load_dataset(run.config.data), protected=config.split == "train")
     data = sal_data(dataset, config.split)
     model = build_model(run.config, dataset)
     layers = weight_layer_names(model)

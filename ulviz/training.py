@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -22,11 +22,11 @@ from .data import Dataset, load_dataset
 from .devices import select_device
 from .errors import DivergedError, RunFileError, UlvizError
 from .models import build_model, weight_layer_names
-from .poisons import make_poison
 from .sal import sal_callback
 from .steps import evaluate, train_epoch
-from .tasks import check_task_model, task_dataset
-from .defenses import batch_defense, defend_data
+from .tasks import check_task_model
+from .defenses import batch_defense
+from .trainset import training_data
 from .store import RunWriter, open_run, reopen_for_resume
 
 __all__ = ["EpochContext", "TrainResult", "build_model", "evaluate", "lr_at", "make_optimizer", "resume", "train",
@@ -138,9 +138,8 @@ def _setup(config: RunConfig, dataset: Dataset | None = None):
     """(device, the protected dataset, the freshly initialized model on the device, its optimizer)."""
     device = select_device(config.train.device)
     dataset = dataset if dataset is not None else load_dataset(config.data)
-    protected = replace(dataset, x_train=defend_data(make_poison(config.poison, dataset).x_train, config.train.defenses))
-    # the task's inputs and targets: protected images, targets from the clean data, clean test set
-    poisoned = task_dataset(config.train.task, protected, dataset, config.train.seed)
+    # the task's inputs and targets: protected, defended images, targets from the clean data, clean test set
+    poisoned = training_data(config, dataset)
     check_task_model(config.train.task, config.model.name)
     model = build_model(config, poisoned).to(device)
     return device, poisoned, model, make_optimizer(config, model)
