@@ -1,16 +1,17 @@
-"""Defenses on hand-checked images (work in progress: not yet wired into training)."""
+"""Defenses on hand-checked images, the PGD attack of adversarial training, and defenses in training."""
 import io
 
 import numpy as np
 import pytest
 import torch
 
-from ulviz.defenses import cutmix, cutout, defend_data, grayscale, iss, jpeg, list_defenses, mixup, parse_defense
+from ulviz.defenses import (adversarial_training, cutmix, cutout, defend_batch, defend_data, grayscale, iss, jpeg,
+                            list_defenses, mixup, parse_defense, pgd_attack, ueraser)
 from ulviz.errors import UlvizError
 
 
 def test_registry_and_specs():
-    assert list_defenses() == ["jpeg", "grayscale", "iss", "cutout", "mixup", "cutmix"]
+    assert list_defenses() == ["jpeg", "grayscale", "iss", "cutout", "mixup", "cutmix", "ueraser", "at"]
     assert parse_defense("jpeg:quality=30") == {"name": "jpeg", "params": {"quality": 30}}
     with pytest.raises(UlvizError):
         parse_defense("nope")
@@ -73,6 +74,52 @@ def test_cutmix_labels_follow_the_pasted_area():
             assert ym[i, 1].item() == pytest.approx(xm[i].mean().item(), abs=1e-6)  # label share = pixel share
 
 
+def test_ueraser_augments_every_image_repeatably_and_keeps_labels():
+    x = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(16) % 10
+    a, ya = ueraser(x, y, 10, torch.Generator().manual_seed(5))
+    b, _ = ueraser(x, y, 10, torch.Generator().manual_seed(5))
+    c, _ = ueraser(x, y, 10, torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)  # randomness from our generator, not a global one
+    assert torch.equal(ya, y) and a.shape == x.shape and a.min() >= 0 and a.max() <= 1
+    assert ((a - x).abs().flatten(1).amax(1) > 0.01).float().mean() > 0.5  # strong: most images change visibly
+    with pytest.raises(UlvizError):
+        ueraser(x, y, 10, None, p=2)
+    with pytest.raises(UlvizError, match="3-channel"):
+        ueraser(torch.rand(2, 1, 8, 8), y[:2], 10)
+
+
+def _tiny_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                               torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 3))
+
+
+def test_pgd_attack_raises_the_loss_stays_in_its_ball_and_leaves_the_model_alone():
+    model = _tiny_net().train()
+    x = torch.rand(32, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 3, (32,), generator=torch.Generator().manual_seed(2))
+    before = {k: v.clone() for k, v in model.state_dict().items()}  # BN running stats included
+    eps = 8 / 255
+    x_adv = pgd_attack(model, x, y, eps=eps, steps=10, alpha=2 / 255, generator=torch.Generator().manual_seed(3))
+    assert model.training  # mode restored
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert (x_adv - x).abs().max() <= eps + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    model.eval()
+    loss = lambda inp: torch.nn.functional.cross_entropy(model(inp), y).item()
+    assert loss(x_adv) > loss(x) + 0.02  # the attack really ascends (1.105 -> 1.155 here)
+    noise = (x + eps * torch.sign(torch.randn(x.shape, generator=torch.Generator().manual_seed(4)))).clamp(0, 1)
+    assert loss(x_adv) > loss(noise)  # and beats random noise of the same size
+    # the registered defense is the same attack, and needs the model through defend_batch
+    xa, ya = adversarial_training(model, x, y, torch.Generator().manual_seed(3), eps=eps, steps=10, alpha=2 / 255)
+    assert torch.equal(xa, x_adv) and torch.equal(ya, y)
+    with pytest.raises(UlvizError, match="needs the model"):
+        defend_batch(x, y, 3, [{"name": "at", "params": {}}])
+    xb, _ = defend_batch(x, y, 3, [{"name": "at", "params": {"eps": 0.0}}], torch.Generator(), model)
+    assert torch.equal(xb, x)  # a zero ball leaves the batch as it was
+
+
 def test_training_defends_the_training_images_never_the_test_set(tmp_path):
     from dataclasses import replace
     from conftest import tiny_config
@@ -89,6 +136,21 @@ def test_training_defends_the_training_images_never_the_test_set(tmp_path):
     assert torch.equal(seen[-1].x_test, ds.x_test)  # the test set untouched
     assert main(["train", "--dataset", "synthetic", "--model", "mlp", "--epochs", "1", "--defense", "nope",
                  "--out", str(tmp_path / "x.h5"), "--quiet"]) == 2
+
+
+def test_adversarial_training_is_wired_into_the_training_loop(tmp_path):
+    """at with a zero ball trains exactly like no defense (the PGD start and steps collapse onto x);
+    a real ball changes what the model learns."""
+    from dataclasses import replace
+    from conftest import tiny_config
+    from ulviz import train
+    cfg = tiny_config(epochs=2)
+    with_at = lambda **p: replace(cfg, train=replace(cfg.train, defenses=[{"name": "at", "params": {"steps": 2, **p}}]))
+    plain = train(cfg, None, progress=False).model.state_dict()
+    zero = train(with_at(eps=0.0), None, progress=False).model.state_dict()
+    real = train(with_at(eps=0.3, alpha=0.15), None, progress=False).model.state_dict()
+    assert all(torch.equal(plain[k], zero[k]) for k in plain)
+    assert any(not torch.allclose(plain[k], real[k]) for k in plain)
 
 
 def test_ud_compares_a_defended_run_only_with_the_clean_run_under_the_same_defenses(tmp_path):

@@ -11,12 +11,23 @@ Two kinds, by when they act:
   border), ``mixup`` (Zhang et al. 2018: images and one-hot labels mixed with one lambda ~
   Beta(alpha, alpha) per batch), ``cutmix`` (Yun et al. 2019: a box of area 1 - lambda pasted
   from the shuffled batch, labels mixed by the box's actual area). Mixed labels are soft targets,
-  which ``F.cross_entropy`` takes as probabilities.
+  which ``F.cross_entropy`` takes as probabilities. ``ueraser`` is UEraser-Lite (Qin et al., "Learning
+  the Unlearnable", 2023): every image through the public code's kornia pipeline once per step
+  (plasma brightness, plasma contrast and channel shuffle, each with probability `p` = 0.5, then
+  TrivialAugment), trained with the plain loss (the code's ``repeat = 1``; UEraser-Max, the
+  worst of 5 augmentations per image, is not implemented);
+- *model* defenses need the model being trained: ``at`` is PGD adversarial training (Madry et al.
+  2018), L-inf, `eps` 8/255, `steps` 10 of `alpha` 2/255 by default, as in APBench's
+  ``MadrysLoss``: the attack runs with the model in eval mode from a Gaussian start of scale
+  `alpha`, each step signed-gradient ascent projected into the ball and [0, 1], and the model
+  then trains on the attacked batch. Its cost is about (steps + 1) training steps per batch; on a
+  CPU, fewer steps of a larger `alpha` (say 2 of 4/255) keep it feasible.
 
 Defenses never touch the test set. A spec is ``name`` or ``name:key=value,...`` on the CLI.
 """
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass
 from typing import Callable
@@ -30,8 +41,9 @@ from .errors import UlvizError, UnknownNameError
 @dataclass(frozen=True)
 class Defense:
     name: str
-    kind: str  # "data": once, on the training images; "batch": on every training batch
-    fn: Callable  # data: (x, **params) -> x; batch: (x, y, num_classes, generator, **params) -> (x, y)
+    kind: str  # "data": once, on the training images; "batch": every training batch; "model": as batch, given the model
+    fn: Callable  # data: (x, **params) -> x; batch: (x, y, num_classes, generator, **params) -> (x, y);
+    # model: (model, x, y, generator, **params) -> (x, y)
     defaults: dict
 
 
@@ -82,21 +94,27 @@ def defend_data(x: torch.Tensor, specs: list[dict]) -> torch.Tensor:
 
 
 def defend_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, specs: list[dict],
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """A training batch after every batch defense of `specs`; y becomes soft targets if one mixes."""
+                 generator: torch.Generator | None = None, model: torch.nn.Module | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training batch after every batch and model defense of `specs`, in order; y becomes soft
+    targets if one mixes. Model defenses (at) need `model`, the network being trained."""
     for spec in specs:
         d, params = _params(spec)
         if d.kind == "batch":
             x, y = d.fn(x, y, num_classes, generator, **params)
+        elif d.kind == "model":
+            if model is None:
+                raise UlvizError(f"defense {d.name!r} needs the model being trained")
+            x, y = d.fn(model, x, y, generator, **params)
     return x, y
 
 
-def batch_defense(specs: list[dict], num_classes: int):
-    """The batch defenses of `specs` as one (x, y, generator) -> (x, y) step for the training
-    loop, or None when there is none (batches then go untouched)."""
-    if not any(get_defense(s["name"]).kind == "batch" for s in specs):
+def batch_defense(specs: list[dict], num_classes: int, model: torch.nn.Module | None = None):
+    """The batch and model defenses of `specs` as one (x, y, generator) -> (x, y) step for the
+    training loop, or None when there is none (batches then go untouched)."""
+    if not any(get_defense(s["name"]).kind != "data" for s in specs):
         return None
-    return lambda x, y, generator: defend_batch(x, y, num_classes, specs, generator)
+    return lambda x, y, generator: defend_batch(x, y, num_classes, specs, generator, model)
 
 
 # -- data defenses ----------------------------------------------------------------------------
@@ -189,3 +207,62 @@ def cutmix(x, y, num_classes, generator=None, alpha: float = 1.0):
     kept = 1 - (y1 - y0) * (x1 - x0) / (h * w)
     t = _soft(y, num_classes)
     return out, kept * t + (1 - kept) * t[perm]
+
+
+def _seed_from(generator) -> int:
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+
+
+@functools.lru_cache(maxsize=8)
+def _ueraser_pipeline(p: float):
+    # built once per p: kornia's modules are stateless between calls
+    import kornia.augmentation as K
+    return K.AugmentationSequential(
+        K.RandomPlasmaBrightness(roughness=(0.3, 0.7), intensity=(0.5, 1.0), same_on_batch=False, p=p, keepdim=True),
+        K.RandomPlasmaContrast(roughness=(0.3, 0.7), p=p),
+        K.RandomChannelShuffle(same_on_batch=False, p=p, keepdim=True),
+        K.auto.TrivialAugment(),
+    )
+
+
+@_register("ueraser", "batch", p=0.5)
+def ueraser(x, y, num_classes, generator=None, p: float = 0.5):
+    """UEraser-Lite: one draw of UEraser's kornia augmentations per image (labels untouched)."""
+    if not 0 <= float(p) <= 1:
+        raise UlvizError(f"ueraser p must be within 0..1, got {p}")
+    if x.shape[1] != 3:
+        raise UlvizError(f"ueraser needs 3-channel images (channel shuffle, colour operations), got {x.shape[1]}")
+    # kornia draws from torch's global generator: fork it, seeded from ours, so runs repeat exactly
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_seed_from(generator))
+        out = _ueraser_pipeline(float(p))(x)
+    return out.clamp(0, 1).detach(), y
+
+
+def pgd_attack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float = 8 / 255, steps: int = 10,
+               alpha: float = 2 / 255, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The L-inf PGD adversarial batch (APBench's MadrysLoss procedure): model in eval mode (its
+    mode is restored), a Gaussian start of scale `alpha`, `steps` signed-gradient ascent steps of
+    `alpha` on the cross-entropy, each projected into the `eps` ball around x and into [0, 1].
+    Only the input's gradient is taken; the parameters and their .grad are untouched."""
+    was_training = model.training
+    model.eval()
+    try:
+        noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
+        x_adv = (x + alpha * noise).clamp(x - eps, x + eps).clamp(0, 1)
+        for _ in range(int(steps)):
+            x_adv.requires_grad_(True)
+            loss = torch.nn.functional.cross_entropy(model(x_adv), y)
+            (grad,) = torch.autograd.grad(loss, [x_adv])
+            x_adv = (x_adv.detach() + alpha * grad.sign()).clamp(x - eps, x + eps).clamp(0, 1)
+    finally:
+        model.train(was_training)
+    return x_adv.detach()
+
+
+@_register("at", "model", eps=8 / 255, steps=10, alpha=2 / 255)
+def adversarial_training(model, x, y, generator=None, eps: float = 8 / 255, steps: int = 10, alpha: float = 2 / 255):
+    """PGD adversarial training: the batch replaced by its PGD attack on the current model."""
+    if eps < 0 or alpha <= 0 or int(steps) < 1:
+        raise UlvizError(f"at needs eps >= 0, alpha > 0 and steps >= 1, got eps={eps}, alpha={alpha}, steps={steps}")
+    return pgd_attack(model, x, y, eps, steps, alpha, generator), y

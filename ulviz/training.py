@@ -166,7 +166,7 @@ def _run_epochs(config, model, optimizer, poisoned, writer, device, callbacks, h
             order, g = epoch_order(len(poisoned.x_train), config.train.seed, epoch)
             try:
                 train_epoch(model, optimizer, poisoned.x_train, poisoned.y_train, order, config.train.batch_size,
-                            device, config.train.augment, g, batch_defense(config.train.defenses, poisoned.num_classes))
+                            device, config.train.augment, g, batch_defense(config.train.defenses, poisoned.num_classes, model))
             except DivergedError as e:
                 status = "diverged"
                 if writer:
