@@ -310,6 +310,46 @@ def probe_bars(table: pd.DataFrame, colours: dict[str, str] | None = None) -> go
                    "protection", "probe accuracy (%)")
 
 
+
+
+def defense_heatmap(values: pd.DataFrame, kind: str, ratios: pd.DataFrame | None = None) -> go.Figure:
+    """Method (rows) x defense (columns) with the value on every cell: `kind` "accuracy" (coloured
+    by the ratio to clean training under the same defense, the ratio in brackets) or "UD"."""
+    rows, cols = [str(r) for r in values.index], [str(c) for c in values.columns]
+    v = values.to_numpy(dtype=float)
+    if kind == "accuracy":
+        z = ratios.reindex(index=values.index, columns=values.columns).to_numpy(dtype=float)
+        text = [["" if np.isnan(a) else (f"{a:.2f}" if np.isnan(r) else f"{a:.2f}<br>({r:.2f})")
+                 for a, r in zip(ra, rr)] for ra, rr in zip(v, z)]
+        heat = dict(z=z, zmin=0, zmax=1.2, colorscale=CROSSTASK_SCALE, colorbar=dict(title="ratio to clean"),
+                    hovertemplate="%{y} · %{x}<br>accuracy %{text}<extra></extra>")
+        title = "Clean-test accuracy under each defense (ratio to clean training under it)"
+    else:
+        text = [["" if np.isnan(u) else f"{u:.2f}" for u in row] for row in v]
+        # 0 = truly unlearnable (red), 1 = as many learnable layers as clean training (the middle)
+        heat = dict(z=v, zmin=0, zmax=2, colorscale=CROSSTASK_SCALE, colorbar=dict(title="UD"),
+                    hovertemplate="%{y} · %{x}<br>UD %{z:.3f}<extra></extra>")
+        title = "Unlearnable Distance under each defense (against clean training under it)"
+    fig = go.Figure(go.Heatmap(x=cols, y=rows, text=text, texttemplate="%{text}", **heat))
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, title, "defense", "protection", height=max(300, 55 * len(rows) + 130))
+
+
+def defense_layers(fractions: pd.DataFrame, method: str) -> go.Figure:
+    """Per-layer learnable fraction of one protection's run, one bar group per layer, one colour
+    per defense column of `fractions` (layer -> fraction; "none" = trained without defense)."""
+    fig = go.Figure()
+    for i, defense in enumerate(fractions.columns):
+        fig.add_trace(go.Bar(x=list(fractions.index), y=fractions[defense].to_numpy(dtype=float) * 100,
+                             name=f"{method} · {defense}", marker_color=PALETTE[i % len(PALETTE)],
+                             hovertemplate="%{x}<br>learnable in %{y:.0f}% of SAL epochs<extra></extra>"))
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(range=[0, 105])
+    return _layout(fig, f"Which layers {method} leaves learnable, without and with the defense", "layer",
+                   "learnable epochs (%)", subtitle="a layer is learnable in an epoch when its SAL is above the "
+                   "threshold of the clean run trained the same way")
+
+
 # ---------------------------------------------------------------- teaching page (a model with two weights)
 
 _TEACH_COLOURS = {"clean": PALETTE[0], "poisoned": PALETTE[1]}
