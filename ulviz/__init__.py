@@ -6,6 +6,7 @@ The public API (everything else is internal)::
     from ulviz import layer_sal, unlearnable_distance, plane, line, run_landscape, pca_plane
     from ulviz import ToyConfig, lesson      # the teaching page's two-weight model, exactly
     from ulviz import list_tasks, linear_probe  # other tasks on protected images; class info in features
+    from ulviz import list_defenses, defense_study  # the trainer's defenses; protection x defense tables
 """
 __version__ = "0.1.0"
 
@@ -24,6 +25,8 @@ from .trajectory import divergence, pca_plane
 from .teaching import ToyConfig, lesson
 from .tasks import list_tasks
 from .probe import linear_probe
+from .defenses import list_defenses
+from .defense_study import defense_study
 
 __all__ = [
     "__version__",
@@ -40,4 +43,5 @@ __all__ = [
     "divergence", "pca_plane",
     "ToyConfig", "lesson",
     "list_tasks", "linear_probe",
+    "list_defenses", "defense_study",
 ]

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from . import __version__
@@ -135,6 +136,15 @@ def _parser() -> argparse.ArgumentParser:
     ct.add_argument("--device", default="auto")
     ct.add_argument("--csv", help="also write the table as CSV")
 
+    sw = sub.add_parser("sweep", help="run a grid of runs from a TOML sweep file (resumable), locally or on Ray")
+    sw.add_argument("file", help="the sweep file (.toml): out, [base] run config, [axes] dotted field -> values")
+    sw.add_argument("--executor", default="local", choices=["local", "ray"],
+                    help="local: separate processes on this machine (default); ray: one Ray task per run")
+    sw.add_argument("--parallel", type=int, default=1, help="local executor: runs at a time (default 1)")
+    sw.add_argument("--address", help="ray executor: the cluster (auto, or HOST:PORT); default: a local Ray instance")
+    sw.add_argument("--retry-failed", action="store_true", help="also rerun runs that failed or diverged before")
+    sw.add_argument("--status", action="store_true", help="only print each run's state, run nothing")
+    sw.add_argument("--dry-run", action="store_true", help="only expand the file and print the planned runs")
     pr = sub.add_parser("probe", help="linear probe: class information in a run's penultimate features")
     pr.add_argument("run", help="run file (.h5)")
     pr.add_argument("--epoch", type=int, default=-1, help="epoch whose weights to probe (default: the last)")
@@ -454,13 +464,39 @@ def _sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
+def _sweep(args) -> int:
+    from .sweep import load_sweep, run_sweep, status_line, sweep_status, sweep_ud
+
+    sweep = load_sweep(args.file)
+    if args.dry_run:
+        for run in sweep.runs:
+            print(f"{run.name}\t{run.path}")
+        print(f"{len(sweep.runs)} runs into {sweep.out}")
+        return 0
+    if args.status:
+        rows = sweep_status(sweep)
+        for r in rows:
+            print(f"{r['run']:<40} {r['state']:<12} {r['epoch']}/{r['epochs']}")
+        print(status_line(rows))
+        return 0
+    rows = run_sweep(sweep, args.executor, args.parallel, args.retry_failed, args.address,
+                     say=lambda text: print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True))
+    table, summary = sweep_ud(sweep)
+    if len(table):
+        table.to_csv(sweep.out / "ud.csv", index=False)
+        summary.to_csv(sweep.out / "ud-summary.csv", index=False)
+        print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        print(f"tables: {sweep.out / 'ud.csv'} (per run), {sweep.out / 'ud-summary.csv'} (mean and spread over seeds)")
+    return 0 if all(r["state"] == "complete" for r in rows) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _sigterm)
     try:
         commands = {"train": _train, "info": _info, "list": _list, "sal": _sal, "ud": _ud, "demo": _demo,
                     "poison": _poison, "landscape": _landscape, "paths": _paths, "probe": _probe,
-                    "crosstask": _crosstask}
+                    "crosstask": _crosstask, "sweep": _sweep}
         rc = commands[args.command](args)
         sys.stdout.flush()  # a closed pipe shows up here, in our handler, rather than at exit
         return rc

@@ -1,0 +1,370 @@
+"""Sweeps: many runs from one TOML file, one at a time, N at a time, or as tasks on a Ray cluster.
+
+A sweep file has ``out`` (the output directory, relative to the file), ``[base]`` (a run config,
+the structure of ``ulviz train --config`` JSON) and ``[axes]`` (dotted config field -> values);
+the runs are the product of the axes, in the file's order. Each run is named from its axes
+values (``method-em_seed-1``: the field's last part, then the value, sanitized; stable, since it
+depends only on the file) and writes ``<out>/<name>.h5``. The expanded plan is written to
+``<out>/sweep-plan.json`` beside the runs.
+
+Re-running a sweep is idempotent: a complete run file is skipped, an interrupted one (a killed
+worker, a stopped machine) is resumed from its last finished epoch (``ulviz train --resume``),
+and a failed or diverged one is retried only with ``retry_failed``. A run file whose config
+differs from the plan is refused rather than overwritten: the sweep file changed under it.
+
+Executors: ``local`` runs each run as its own process (``python -m ulviz.cli train``), up to
+``parallel`` at a time; ``ray`` submits each run as a Ray task (``num_gpus=1`` when the run asks
+for cuda, ``num_cpus`` otherwise) that trains in the worker and writes into the output
+directory, which on a cluster must be storage every node sees (NFS, a mounted bucket).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import RunConfig
+from .errors import UlvizError
+
+PLAN = "sweep-plan.json"
+STATES = ("pending", "running", "interrupted", "complete", "failed")
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    name: str  # derived from the axes values, file-safe
+    path: Path  # <out>/<name>.h5
+    config: RunConfig  # base with the axes values set, named `name`
+    values: dict  # dotted field -> value of this run
+
+
+@dataclass(frozen=True)
+class Sweep:
+    file: Path  # the sweep file
+    out: Path  # output directory, absolute
+    base: dict  # the base run config as a dict
+    axes: dict  # dotted field -> list of values, in the file's order
+    runs: list  # PlannedRun, the product of the axes
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read and expand a sweep file; any mistake (TOML syntax, an unknown field, an empty axis)
+    is a UlvizError naming it, before anything runs."""
+    path = Path(path).expanduser().resolve()
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise UlvizError(f"{path}: cannot read the sweep file ({e.strerror or e})") from None
+    return parse_sweep(text, path)
+
+
+def parse_sweep(text: str, path: str | Path) -> Sweep:
+    """A sweep from TOML text; relative paths (out, data.data_dir) are taken from `path`'s folder."""
+    path = Path(path).resolve()
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UlvizError(f"{path}: not valid TOML ({e})") from None
+    unknown = sorted(set(doc) - {"out", "base", "axes"})
+    if unknown:
+        raise UlvizError(f"{path}: unknown top-level key(s) {', '.join(unknown)}; a sweep has out, [base] and [axes]")
+    if not isinstance(doc.get("out"), str) or not doc["out"].strip():
+        raise UlvizError(f"{path}: needs out = \"DIRECTORY\" (where the run files go, relative to the sweep file)")
+    base, axes = doc.get("base", {}), doc.get("axes", {})
+    if not isinstance(base, dict) or not isinstance(axes, dict):
+        raise UlvizError(f"{path}: [base] and [axes] must be tables")
+    for field, values in axes.items():
+        if not isinstance(values, list) or not values:
+            raise UlvizError(f"{path}: axis {field!r} needs a non-empty list of values")
+        if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
+            raise UlvizError(f"{path}: axis {field!r} repeats a value")
+    base = _resolve_data_dir(base, path.parent)
+    out = (path.parent / doc["out"]).resolve()
+    runs = expand(base, axes, out)
+    return Sweep(path, out, base, dict(axes), runs)
+
+
+def _resolve_data_dir(base: dict, folder: Path) -> dict:
+    data = base.get("data")
+    if isinstance(data, dict) and isinstance(data.get("data_dir"), str):
+        d = Path(data["data_dir"]).expanduser()
+        if not d.is_absolute():
+            return {**base, "data": {**data, "data_dir": str((folder / d).resolve())}}
+    return base
+
+
+def expand(base: dict, axes: dict, out: Path) -> list[PlannedRun]:
+    """Every combination of the axes values set on `base`, named from the values."""
+    fields = list(axes)
+    keys = _name_keys(fields)
+    runs, names = [], {}
+    for combo in itertools.product(*(axes[f] for f in fields)):
+        values = dict(zip(fields, combo))
+        d = json.loads(json.dumps(base))  # a deep copy
+        for field, value in values.items():
+            _set_dotted(d, field, value)
+        name = "_".join(f"{keys[f]}-{_value_text(v)}" for f, v in values.items()) or "run"
+        name = _SAFE.sub("-", name).strip(".-")[:120] or "run"
+        if name in names:
+            raise UlvizError(f"runs {names[name]} and {values} get the same name {name!r}; make the axes values distinct")
+        names[name] = values
+        d["name"] = name
+        try:
+            config = RunConfig.from_dict(d)
+        except (UlvizError, TypeError) as e:
+            raise UlvizError(f"run {name}: {e}") from None
+        runs.append(PlannedRun(name, out / f"{name}.h5", config, values))
+    return runs
+
+
+def _name_keys(fields: list[str]) -> dict[str, str]:
+    """The short name of each axis in run names: its last part, or the whole field when two share it."""
+    last = [f.split(".")[-1] for f in fields]
+    return {f: (l if last.count(l) == 1 else f) for f, l in zip(fields, last)}
+
+
+def _value_text(v: Any) -> str:
+    return str(v) if isinstance(v, (str, int, float, bool)) else json.dumps(v, sort_keys=True)
+
+
+def _set_dotted(d: dict, field: str, value: Any) -> None:
+    parts = field.split(".")
+    top = {"name", "data", "model", "poison", "train", "sal"}
+    if parts[0] not in top:
+        raise UlvizError(f"axis {field!r}: a field of the run config starts with one of {', '.join(sorted(top))}")
+    node = d
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise UlvizError(f"axis {field!r}: {p!r} is not a table")
+    node[parts[-1]] = value
+
+
+# -- state --------------------------------------------------------------------------------------
+
+def run_state(run: PlannedRun) -> tuple[str, int]:
+    """(state, epochs done) of a planned run from its file: pending (no file), running (its writer
+    lives), interrupted (resumable), complete, or failed (failed, diverged, or a damaged file)."""
+    from .store import open_run
+    if not run.path.exists():
+        return "pending", 0
+    try:
+        r = open_run(run.path)
+    except UlvizError:
+        return "failed", 0
+    if r.config != run.config:
+        raise UlvizError(f"{run.path} holds a run with another config than the sweep plans (the sweep file changed?); "
+                         "move it away or use another out directory")
+    state = {"complete": "complete", "running": "running", "interrupted": "interrupted",
+             "cancelled": "interrupted"}.get(r.status, "failed")
+    return state, int(r.epochs_done)
+
+
+def sweep_status(sweep: Sweep) -> list[dict]:
+    """One row per planned run: name, state, epochs done, epochs planned, file."""
+    rows = []
+    for run in sweep.runs:
+        state, done = run_state(run)
+        rows.append({"run": run.name, "state": state, "epoch": done, "epochs": run.config.train.epochs,
+                     "file": str(run.path)})
+    return rows
+
+
+def status_line(rows: list[dict]) -> str:
+    """``12 runs: 5 complete, 2 running (a 3/30, b 7/30), 1 failed, 4 to do``."""
+    count = {s: sum(r["state"] == s for r in rows) for s in STATES}
+    running = ", ".join(f"{r['run']} {r['epoch']}/{r['epochs']}" for r in rows if r["state"] == "running")
+    parts = [f"{count['complete']} complete", f"{count['running']} running" + (f" ({running})" if running else ""),
+             f"{count['failed']} failed", f"{count['pending'] + count['interrupted']} to do"
+             + (f" ({count['interrupted']} to resume)" if count["interrupted"] else "")]
+    return f"{len(rows)} runs: " + ", ".join(parts)
+
+
+def write_plan(sweep: Sweep) -> Path:
+    """The expanded plan as JSON beside the runs (atomic)."""
+    sweep.out.mkdir(parents=True, exist_ok=True)
+    plan = {"sweep": str(sweep.file), "axes": sweep.axes,
+            "runs": [{"name": r.name, "file": r.path.name, "values": r.values, "config": r.config.to_dict()}
+                     for r in sweep.runs]}
+    tmp = sweep.out / f".{PLAN}.tmp"
+    tmp.write_text(json.dumps(plan, indent=1))
+    os.replace(tmp, sweep.out / PLAN)
+    return sweep.out / PLAN
+
+
+def todo(sweep: Sweep, retry_failed: bool = False) -> list[tuple[PlannedRun, bool]]:
+    """(run, resume?) for every run to execute now: pending ones fresh, interrupted ones resumed,
+    failed ones fresh again only with `retry_failed`; complete and running ones are left."""
+    out = []
+    for run in sweep.runs:
+        state, done = run_state(run)
+        if state == "pending" or (state == "failed" and retry_failed):
+            out.append((run, False))
+        elif state == "interrupted":
+            out.append((run, done > 0))
+    return out
+
+
+# -- executors ----------------------------------------------------------------------------------
+
+def run_sweep(sweep: Sweep, executor: str = "local", parallel: int = 1, retry_failed: bool = False,
+              address: str | None = None, say: Callable[[str], None] = print, poll_s: float = 1.0) -> list[dict]:
+    """Execute what the sweep still needs with `executor` ("local" or "ray"), reporting progress
+    through `say`; returns the final status rows."""
+    write_plan(sweep)
+    work = todo(sweep, retry_failed)
+    skipped_failed = [r["run"] for r in sweep_status(sweep) if r["state"] == "failed"] if not retry_failed else []
+    if skipped_failed:
+        say(f"not retried (failed before; use --retry-failed): {', '.join(skipped_failed)}")
+    if executor == "local":
+        _run_local(sweep, work, max(1, int(parallel)), say, poll_s)
+    elif executor == "ray":
+        _run_ray(sweep, work, address, say, poll_s)
+    else:
+        raise UlvizError(f"unknown executor {executor!r}; use local or ray")
+    rows = sweep_status(sweep)
+    say(status_line(rows))
+    return rows
+
+
+def _train_command(run: PlannedRun, resume: bool) -> list[str]:
+    if resume:
+        return [sys.executable, "-m", "ulviz.cli", "train", "--resume", str(run.path), "--quiet"]
+    config_file = run.path.with_name(f".{run.name}.config.json")
+    config_file.write_text(run.config.to_json())
+    return [sys.executable, "-m", "ulviz.cli", "train", "--config", str(config_file), "--out", str(run.path),
+            "--overwrite", "--quiet"]
+
+
+def _run_local(sweep: Sweep, work: list, parallel: int, say, poll_s: float) -> None:
+    package_root = str(Path(__file__).resolve().parents[1])  # importable by the workers even when not installed
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    queue, running, last = list(work), {}, ""
+    while queue or running:
+        while queue and len(running) < parallel:
+            run, resume = queue.pop(0)
+            log = open(sweep.out / f".{run.name}.log", "ab")
+            proc = subprocess.Popen(_train_command(run, resume), stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, cwd=sweep.file.parent, env=env)
+            running[run.name] = (proc, log, run)
+            say(f"{'resume' if resume else 'start'} {run.name}")
+        for name, (proc, log, run) in list(running.items()):
+            code = proc.poll()
+            if code is not None:
+                log.close()
+                del running[name]
+                if code != 0:
+                    say(f"{name} ended with exit code {code}; log: {sweep.out / f'.{name}.log'}")
+        line = status_line(sweep_status(sweep))
+        if line != last:
+            say(line)
+            last = line
+        if running:
+            time.sleep(poll_s)
+
+
+def _run_ray(sweep: Sweep, work: list, address: str | None, say, poll_s: float) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise UlvizError("the ray executor needs Ray: pip install -e '.[ray]'") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+    try:
+        task = ray.remote(_ray_train)
+        pending = {}
+        for run, resume in work:
+            cuda = run.config.train.device == "cuda"
+            opts = {"num_gpus": 1, "num_cpus": 1} if cuda else {"num_cpus": 1}
+            ref = task.options(**opts, name=f"ulviz:{run.name}").remote(run.config.to_json(), str(run.path), resume)
+            pending[ref] = run
+            say(f"{'resume' if resume else 'submit'} {run.name}")
+        last = ""
+        while pending:
+            ready, _ = ray.wait(list(pending), timeout=poll_s)
+            for ref in ready:
+                run = pending.pop(ref)
+                try:
+                    ray.get(ref)
+                except Exception as e:  # a task's error arrives wrapped; the message is what matters
+                    say(f"{run.name} failed: {str(e).strip().splitlines()[-1]}")
+            line = status_line(sweep_status(sweep))
+            if line != last:
+                say(line)
+                last = line
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _ray_train(config_json: str, path: str, resume: bool) -> str:
+    """One run inside a Ray worker: train (or resume) into `path`; returns the final status."""
+    from .training import resume as resume_run
+    from .training import train
+    if resume:
+        return resume_run(path).status
+    return train(RunConfig.from_json(config_json), path, overwrite=True).status
+
+
+# -- results ------------------------------------------------------------------------------------
+
+def sweep_ud(sweep: Sweep, seed_field: str = "train.seed"):
+    """(per-run table, summary table) of a finished sweep. Each run's UD is taken against the
+    clean run that differs from it only in its protection (same data, model, seed, defenses, ...);
+    the summary has the mean and spread (sample std) over seeds of accuracy and UD for each run
+    variant (the run's axes values without the seed)."""
+    import numpy as np
+    import pandas as pd
+
+    from .crosstask import LAST
+    from .store import open_run
+    from .ud import unlearnable_distance
+
+    rows, runs = [], {}
+    for run in sweep.runs:
+        state, _ = run_state(run)
+        if state != "complete":
+            continue
+        r = open_run(run.path)
+        runs[run.name] = (run, r)
+        variant = "_".join(f"{k}-{_value_text(v)}" for k, v in run.values.items() if k != seed_field) or "run"
+        rows.append({"run": run.name, "variant": variant, "method": run.config.poison.method,
+                     "dataset": run.config.data.name, "model": run.config.model.name,
+                     "seed": run.config.train.seed, "accuracy": float(r.metrics["test_acc"].iloc[-LAST:].mean()),
+                     "UD": np.nan, "reference": ""})
+    table = pd.DataFrame(rows, columns=["run", "variant", "method", "dataset", "model", "seed", "accuracy", "UD",
+                                        "reference"])
+    for i, row in table.iterrows():
+        run, r = runs[row["run"]]
+        ref = _clean_twin(run, runs)
+        if ref is None or not len(r.sal_epochs) or not len(ref.sal_epochs) or r.layer_names != ref.layer_names:
+            continue
+        table.at[i, "UD"] = unlearnable_distance(ref.sal["sal"], {"run": r.sal["sal"]}).ud["run"]
+        table.at[i, "reference"] = ref.name
+    summary = (table.groupby(["variant", "method", "dataset", "model"], sort=False)
+               .agg(seeds=("seed", "nunique"), accuracy_mean=("accuracy", "mean"), accuracy_std=("accuracy", "std"),
+                    UD_mean=("UD", "mean"), UD_std=("UD", "std"))
+               .reset_index())
+    return table, summary
+
+
+def _clean_twin(run: PlannedRun, runs: dict):
+    """The complete clean run whose config equals `run`'s except for the name and protection."""
+    from dataclasses import replace
+
+    from .config import PoisonConfig
+    target = replace(run.config, name="", poison=PoisonConfig("clean"))
+    for other, r in runs.values():
+        if replace(other.config, name="") == target:
+            return r
+    return None
