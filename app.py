@@ -9,6 +9,7 @@ from ulviz import plots, ui
 from ulviz.data import list_datasets
 from ulviz.errors import UlvizError
 from ulviz.jobs import BUILT_IN_DATASETS, JobManager, add_run_file, launch_config, read_run_source
+from ulviz.sweep import status_line, sweep_progress
 from ulviz.models import list_models
 from ulviz.poisons import list_methods, method_info
 from ulviz.recipes import AUGMENTATIONS, list_recipes
@@ -154,6 +155,37 @@ if submitted:
         st.error(str(e))
 
 
+# -- launch a sweep ----------------------------------------------------------------------------
+EXAMPLE_SWEEP = """out = "../runs/my-sweep"   # relative to this file, kept as <data dir>/sweeps/NAME.toml
+[base]                     # a run config, as `ulviz train --config` JSON
+data = { name = "digits" }
+model = { name = "lenet5" }
+train = { epochs = 10 }
+sal = { estimator = "fast" }
+[axes]                     # dotted config field -> values; the runs are their product
+"poison.method" = ["clean", "random", "lsp"]
+"train.seed" = [0, 1]
+"""
+with st.expander("Launch a sweep: many runs from one sweep file"):
+    with st.form("sweep", enter_to_submit=False):
+        upload = st.file_uploader("Sweep file (.toml)", type=["toml"], key="sweep_upload")
+        text = st.text_area("... or type it here", EXAMPLE_SWEEP, height=260, key="sweep_text")
+        c1, c2 = st.columns(2)
+        sweep_name = c1.text_input("Sweep name", "my-sweep")
+        parallel = c2.number_input("Runs at a time", 1, 64, 1, help="each run is its own process; on a small machine "
+                                                                      "keep this at 1 (runs already use every core)")
+        go = st.form_submit_button("Launch the sweep")
+    st.caption("Runs already complete are skipped and interrupted ones resumed, so launching a finished sweep again "
+               "only does what is left. For a Ray cluster: `ulviz sweep FILE --executor ray --address auto`.")
+if go:
+    source = upload.getvalue().decode("utf-8", errors="replace") if upload is not None else text
+    try:
+        job = jobs.launch_sweep(source, sweep_name, int(parallel))
+        st.success(f"launched the sweep {job.name} ({job.config['runs']} runs into {job.out})")
+    except UlvizError as e:
+        st.error(str(e))
+
+
 # -- jobs --------------------------------------------------------------------------------------
 @st.fragment(run_every=2.0)  # follows running jobs by rereading their run files; the jobs only write
 def show_jobs():
@@ -170,7 +202,27 @@ def show_jobs():
         show_job(job)
 
 
+def show_sweep(job):
+    running = job.state == "started" and job.alive()
+    rows = ui.guard(sweep_progress, job.config["sweep"])
+    cols = st.columns([3, 5, 1])
+    state = "waiting to start" if job.state == "queued" else ("running" if running else job.state)
+    if rows is None:
+        cols[0].markdown(f"**{job.name}** · sweep · {state}")
+        return
+    done = sum(r["state"] == "complete" for r in rows)
+    cols[0].markdown(f"**{job.name}** · sweep of {len(rows)} runs · {state if running or job.state != 'started' else 'ended'}")
+    cols[1].progress(done / max(len(rows), 1), text=status_line(rows))
+    if (running or job.state == "queued") and cols[2].button("Cancel", key=f"cancel-{job.id}"):
+        jobs.cancel(job.id)
+        st.rerun()
+    if job.state == "started" and not running and any(r["state"] == "failed" for r in rows):
+        st.error(f"{job.name}: some runs failed; last lines of its log\n\n```\n{job.log_tail()}\n```")
+
+
 def show_job(job):
+    if job.kind == "sweep":
+        return show_sweep(job)
     try:
         run = ui.load_run(job.out) if Path(job.out).exists() else None
     except UlvizError:

@@ -3,7 +3,7 @@ import streamlit as st
 
 from ulviz import plots, ui
 from ulviz.sal import describe_sal
-from ulviz.ud import study_ud
+from ulviz.ud import seed_summary, seed_table, study_ud
 
 ui.page("Unlearnable Distance",
         "UD = the number of learnable layers per epoch of a protected run divided by the clean reference's (Ye, "
@@ -53,3 +53,16 @@ notes = study.skipped + result.warnings
 if notes:
     with st.expander(f"{len(notes)} run(s) or value(s) left out"):
         st.markdown("\n".join(f"- {m}" for m in notes))
+
+# -- several seeds: each run against the clean run of its own seed, then mean and spread
+seeds = ui.guard(seed_table, paths)
+if seeds is not None and len(seeds) and seeds.groupby("variant")["seed"].nunique().max() > 1:
+    st.subheader("Over seeds")
+    summary = seed_summary(seeds)
+    st.plotly_chart(plots.ud_seed_bars(summary, seeds), width="stretch")
+    st.caption("Runs that differ only in their training seed are grouped (their name without the seed). Each run's UD "
+               "is taken against the clean run with the same seed and settings, so the spread is the seeds', not "
+               "the reference's. Runs without such a clean run, or without SAL, have no UD here.")
+    st.dataframe(summary, width="stretch", hide_index=True, column_config={
+        c: st.column_config.NumberColumn(format="%.3f") for c in ("accuracy_mean", "accuracy_std", "UD_mean", "UD_std")})
+    st.download_button("Download the seed summary (CSV)", summary.to_csv(index=False), "ud-seeds.csv", "text/csv")

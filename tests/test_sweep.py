@@ -204,3 +204,36 @@ def test_missing_ray_is_one_clear_line(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_ray)
     with pytest.raises(UlvizError, match=r"pip install -e '\.\[ray\]'"):
         run_sweep(_sweep(tmp_path), "ray", say=lambda t: None)
+
+
+def test_dashboard_launches_a_sweep_shows_it_as_one_job_and_groups_seeds(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+    from ulviz.jobs import JobManager
+    data = tmp_path / "data"
+    monkeypatch.setenv("ULVIZ_DATA_DIR", str(data))
+    monkeypatch.chdir(ROOT)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    text = SWEEP.replace('out = "runs/study"', 'out = "../../outside"')
+    at.text_area(key="sweep_text").set_value(text)
+    next(b for b in at.button if b.label == "Launch the sweep").click().run()
+    assert any("outside the data directory" in e.value for e in at.error)  # refused, nothing written
+    assert not (data / "sweeps").exists() or not list((data / "sweeps").iterdir())
+    at.text_area(key="sweep_text").set_value(SWEEP.replace('out = "runs/study"', 'out = "../runs/study"'))
+    next(b for b in at.button if b.label == "Launch the sweep").click().run()
+    assert not at.exception and any("launched the sweep my-sweep (4 runs" in s.value for s in at.success), \
+        [e.value for e in at.error]
+    job = JobManager(data).jobs()[0]
+    assert job.kind == "sweep" and (data / "sweeps" / "my-sweep.toml").read_text().startswith('\nout = "../runs/study"')
+    deadline = time.time() + 300
+    while time.time() < deadline and job.alive():
+        time.sleep(0.5)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
+    md = [m.value for m in at.markdown]
+    assert any("my-sweep** · sweep of 4 runs" in m for m in md), md  # one row for the whole sweep
+    assert sum("· random ·" in m or "· clean ·" in m for m in md) == 0  # not one row per run
+    assert len(list((data / "runs" / "study").glob("*.h5"))) == 4
+    ud = AppTest.from_file(str(ROOT / "pages/4_Unlearnable_Distance.py"), default_timeout=120).run()
+    assert not ud.exception and any(h.value == "Over seeds" for h in ud.subheader)
+    summary = ud.dataframe[-1].value
+    row = summary[summary.method == "random"].iloc[0]
+    assert row.seeds == 2 and row.variant == "method-random"

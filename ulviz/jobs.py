@@ -128,6 +128,7 @@ class Job:
     state: str = "queued"  # queued | started | cancelled (what we did; the run file tells the rest)
     pid: int = 0  # the process, once started
     created: float = 0.0  # time.time() at launch
+    kind: str = "run"  # "run": one training run writing `out`; "sweep": `ulviz sweep` writing the runs under `out`
 
     def alive(self) -> bool:
         if self.pid <= 0:
@@ -177,6 +178,30 @@ class JobManager:
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         job = Job(job_id, name, str(out), str(self.dir / f"{job_id}.log"), config.to_dict(), created=time.time())
+        self._save(job)
+        self.poll()
+        return self.get(job_id)
+
+    def launch_sweep(self, text: str, name: str, parallel: int = 1) -> Job:
+        """Queue a sweep from the text of a sweep file (local executor, `parallel` runs at a time).
+        The file is kept as ``<data dir>/sweeps/<name>.toml``; its ``out`` must lie inside the data
+        directory, so the dashboard sees the runs. A sweep already in progress over the same
+        output directory is refused; a finished one may be launched again (it resumes)."""
+        from .sweep import parse_sweep
+
+        name = safe_name(name)
+        file = inside(self.data_dir, self.data_dir / "sweeps" / f"{name}.toml")
+        sweep = parse_sweep(text, file)  # every mistake is reported before anything is written
+        inside(self.data_dir, sweep.out)
+        if any(j.kind == "sweep" and Path(j.out) == sweep.out and j.active() for j in self.jobs()):
+            raise UlvizError(f"a sweep into {sweep.out} is already queued or running")
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text(text)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        job = Job(job_id, name, str(sweep.out), str(self.dir / f"{job_id}.log"),
+                  {"sweep": str(file), "runs": len(sweep.runs), "parallel": int(parallel)}, created=time.time(),
+                  kind="sweep")
         self._save(job)
         self.poll()
         return self.get(job_id)
@@ -279,9 +304,15 @@ class JobManager:
         # the package this dashboard runs from, importable by the job even when not installed
         package_root = str(Path(__file__).resolve().parents[1])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+        if job.kind == "sweep":
+            command = [sys.executable, "-m", "ulviz.cli", "sweep", job.config["sweep"],
+                       "--parallel", str(job.config.get("parallel", 1))]
+        else:
+            command = [sys.executable, "-m", "ulviz.cli", "train", "--config", str(config_file), "--out", job.out,
+                       "--quiet"]
         with open(job.log, "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "ulviz.cli", "train", "--config", str(config_file), "--out", job.out, "--quiet"],
+                command,
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                 cwd=self.data_dir, env=env)
         job.pid, job.state = proc.pid, "started"

@@ -239,6 +239,27 @@ def ud_bars(table: pd.DataFrame, colours: dict[str, str] | None = None) -> go.Fi
     return _layout(fig, "Unlearnable Distance per run", "run", "")
 
 
+def ud_seed_bars(summary: pd.DataFrame, table: pd.DataFrame) -> go.Figure:
+    """UD per variant: bars at the mean over seeds with the spread (sample std) as error bars,
+    and every seed's UD as a dot, so two seeds are not mistaken for a distribution."""
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=summary["variant"], y=summary["UD_mean"], name="mean over seeds",
+                         marker_color=[PALETTE[i % len(PALETTE)] for i in range(len(summary))],
+                         error_y=dict(type="data", array=summary["UD_std"].fillna(0).to_numpy(), visible=True),
+                         customdata=np.stack([summary["seeds"], summary["UD_std"]], axis=1),
+                         hovertemplate="%{x}<br>UD %{y:.3f} ± %{customdata[1]:.3f} over %{customdata[0]} seeds"
+                                       "<extra></extra>"))
+    fig.add_trace(go.Scatter(x=table["variant"], y=table["UD"], mode="markers", name="one seed",
+                             marker=dict(color="black", size=8, symbol="circle-open"),
+                             customdata=table["seed"], hovertemplate="%{x}<br>seed %{customdata}: UD %{y:.3f}"
+                                                                     "<extra></extra>"))
+    fig.add_hline(y=1, line_dash="dot", line_color="grey")
+    fig.update_yaxes(rangemode="tozero")
+    return _layout(fig, "Unlearnable Distance over seeds", "run (seed left out)", "UD (its clean twin = 1)",
+                   subtitle="each run against the clean run of the same seed and settings; bars: mean, whiskers: "
+                            "standard deviation over seeds")
+
+
 def counts_per_epoch(per_epoch: dict[str, np.ndarray], epochs: dict[str, np.ndarray],
                      colours: dict[str, str] | None = None) -> go.Figure:
     fig = go.Figure()

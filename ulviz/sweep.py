@@ -179,6 +179,11 @@ def sweep_status(sweep: Sweep) -> list[dict]:
     return rows
 
 
+def sweep_progress(file: str | Path) -> list[dict]:
+    """The status rows of the sweep in `file` (the dashboard's jobs list follows a sweep by it)."""
+    return sweep_status(load_sweep(file))
+
+
 def status_line(rows: list[dict]) -> str:
     """``12 runs: 5 complete, 2 running (a 3/30, b 7/30), 1 failed, 4 to do``."""
     count = {s: sum(r["state"] == s for r in rows) for s in STATES}
@@ -319,52 +324,14 @@ def _ray_train(config_json: str, path: str, resume: bool) -> str:
 # -- results ------------------------------------------------------------------------------------
 
 def sweep_ud(sweep: Sweep, seed_field: str = "train.seed"):
-    """(per-run table, summary table) of a finished sweep. Each run's UD is taken against the
-    clean run that differs from it only in its protection (same data, model, seed, defenses, ...);
-    the summary has the mean and spread (sample std) over seeds of accuracy and UD for each run
-    variant (the run's axes values without the seed)."""
-    import numpy as np
-    import pandas as pd
+    """(per-run table, summary table) of a sweep's complete runs. Each run's UD is taken against
+    its clean twin, the clean run that differs from it only in its protection (same data, model,
+    seed, defenses, ...); the summary has the mean and spread (sample std) over seeds of
+    accuracy and UD for each variant (the run's axes values without the seed)."""
+    from .ud import seed_summary, seed_table
 
-    from .crosstask import LAST
-    from .store import open_run
-    from .ud import unlearnable_distance
-
-    rows, runs = [], {}
-    for run in sweep.runs:
-        state, _ = run_state(run)
-        if state != "complete":
-            continue
-        r = open_run(run.path)
-        runs[run.name] = (run, r)
-        variant = "_".join(f"{k}-{_value_text(v)}" for k, v in run.values.items() if k != seed_field) or "run"
-        rows.append({"run": run.name, "variant": variant, "method": run.config.poison.method,
-                     "dataset": run.config.data.name, "model": run.config.model.name,
-                     "seed": run.config.train.seed, "accuracy": float(r.metrics["test_acc"].iloc[-LAST:].mean()),
-                     "UD": np.nan, "reference": ""})
-    table = pd.DataFrame(rows, columns=["run", "variant", "method", "dataset", "model", "seed", "accuracy", "UD",
-                                        "reference"])
-    for i, row in table.iterrows():
-        run, r = runs[row["run"]]
-        ref = _clean_twin(run, runs)
-        if ref is None or not len(r.sal_epochs) or not len(ref.sal_epochs) or r.layer_names != ref.layer_names:
-            continue
-        table.at[i, "UD"] = unlearnable_distance(ref.sal["sal"], {"run": r.sal["sal"]}).ud["run"]
-        table.at[i, "reference"] = ref.name
-    summary = (table.groupby(["variant", "method", "dataset", "model"], sort=False)
-               .agg(seeds=("seed", "nunique"), accuracy_mean=("accuracy", "mean"), accuracy_std=("accuracy", "std"),
-                    UD_mean=("UD", "mean"), UD_std=("UD", "std"))
-               .reset_index())
-    return table, summary
-
-
-def _clean_twin(run: PlannedRun, runs: dict):
-    """The complete clean run whose config equals `run`'s except for the name and protection."""
-    from dataclasses import replace
-
-    from .config import PoisonConfig
-    target = replace(run.config, name="", poison=PoisonConfig("clean"))
-    for other, r in runs.values():
-        if replace(other.config, name="") == target:
-            return r
-    return None
+    done = [run for run in sweep.runs if run_state(run)[0] == "complete"]
+    variants = {run.path: "_".join(f"{k}-{_value_text(v)}" for k, v in run.values.items() if k != seed_field) or "run"
+                for run in done}
+    table = seed_table([run.path for run in done], variants)
+    return table, seed_summary(table)

@@ -332,3 +332,68 @@ def study_ud(paths, clean: str | Path | None = None) -> Study | None:
             others.append(s)
     table, result = ud_table(reference, others)
     return Study(table, result, reference, [s.path for s in candidates], skipped, [reference] + others)
+
+
+# -- several seeds ------------------------------------------------------------------------------
+
+_SEED_TOKEN = re.compile(r"([_-]?seed[-_=]?\d+|[_-]s\d+$)", re.IGNORECASE)
+
+
+def _variant_key(config):
+    """A run's config without its name and seed: runs that differ only in the seed share it."""
+    from dataclasses import replace
+    return replace(config, name="", train=replace(config.train, seed=0)).to_json()
+
+
+def _clean_twin_key(config):
+    """The config of the clean run a protected run is compared with: the same in everything
+    (seed included) but its name and protection."""
+    from dataclasses import replace
+
+    from .config import PoisonConfig
+    return replace(config, name="", poison=PoisonConfig("clean")).to_json()
+
+
+def seed_table(paths, variants: dict | None = None) -> "pd.DataFrame":
+    """One row per readable run: run, variant (its name without the seed, or `variants[path]`),
+    method, seed, accuracy (mean of the last 4 epochs, on clean test data), and UD against its
+    *clean twin*, the clean run with the same config and seed (NaN where there is none, or
+    either has no SAL)."""
+    import pandas as pd
+
+    from .store import open_run
+    runs = []
+    for p in paths:
+        try:
+            runs.append(open_run(p))
+        except UlvizError:
+            continue
+    twins = {}
+    for r in runs:
+        if r.config.poison.method == "clean":
+            twins.setdefault(_clean_twin_key(r.config), r)
+    names = {}
+    for r in runs:  # one label per variant: the first run's name without its seed
+        names.setdefault(_variant_key(r.config), _SEED_TOKEN.sub("", r.name) or r.name)
+    rows = []
+    for r in runs:
+        twin = twins.get(_clean_twin_key(r.config))
+        ud = np.nan
+        if twin is not None and len(r.sal_epochs) and len(twin.sal_epochs) and twin.layer_names == r.layer_names:
+            ud = unlearnable_distance(twin.sal["sal"], {"run": r.sal["sal"]}).ud["run"]
+        variant = (variants or {}).get(Path(r.path)) or names[_variant_key(r.config)]
+        rows.append({"run": r.name, "variant": variant, "method": r.config.poison.method,
+                     "dataset": r.config.data.name, "model": r.config.model.name, "seed": r.config.train.seed,
+                     "accuracy": float(r.metrics["test_acc"].iloc[-4:].mean()) if len(r.metrics) else np.nan,
+                     "UD": ud, "reference": twin.name if twin is not None and not np.isnan(ud) else "",
+                     "path": str(r.path)})
+    return pd.DataFrame(rows, columns=["run", "variant", "method", "dataset", "model", "seed", "accuracy", "UD",
+                                       "reference", "path"])
+
+
+def seed_summary(table: "pd.DataFrame") -> "pd.DataFrame":
+    """Mean and spread (sample standard deviation) over seeds of accuracy and UD, per variant."""
+    return (table.groupby(["variant", "method", "dataset", "model"], sort=False)
+            .agg(seeds=("seed", "nunique"), accuracy_mean=("accuracy", "mean"), accuracy_std=("accuracy", "std"),
+                 UD_mean=("UD", "mean"), UD_std=("UD", "std"))
+            .reset_index())
