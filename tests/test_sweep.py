@@ -50,6 +50,12 @@ def test_expansion_names_count_and_dotted_fields(tmp_path):
     # two axes ending in the same word are told apart by their whole field
     both = _sweep(tmp_path, SWEEP.replace('"train.seed" = [0, 1]', '"train.seed" = [0]\n"poison.seed" = [0]'))
     assert both.runs[0].name == "method-clean_train.seed-0_poison.seed-0"
+    # a named recipe gives its fields first, the file's own fields win
+    paper = _sweep(tmp_path, SWEEP.replace('data = { name = "synthetic" }', 'data = { name = "cifar10" }')
+                   .replace('train = { epochs = 2, batch_size = 32, lr = 0.1, device = "cpu" }',
+                            'train = { recipe = "paper", epochs = 2, lr = 0.05 }'))
+    t = paper.runs[0].config.train
+    assert (t.recipe, t.lr, t.epochs, t.batch_size, t.augment) == ("paper", 0.05, 2, 128, "crop_flip")
     # the same file expands the same way every time
     assert [r.name for r in _sweep(tmp_path).runs] == [r.name for r in s.runs]
 

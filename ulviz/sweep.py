@@ -1,7 +1,8 @@
 """Sweeps: many runs from one TOML file, one at a time, N at a time, or as tasks on a Ray cluster.
 
 A sweep file has ``out`` (the output directory, relative to the file), ``[base]`` (a run config,
-the structure of ``ulviz train --config`` JSON) and ``[axes]`` (dotted config field -> values);
+the structure of ``ulviz train --config`` JSON; ``train.recipe = "paper"`` takes that recipe's
+fields first, as ``ulviz train --recipe`` does) and ``[axes]`` (dotted config field -> values);
 the runs are the product of the axes, in the file's order. Each run is named from its axes
 values (``method-em_seed-1``: the field's last part, then the value, sanitized; stable, since it
 depends only on the file) and writes ``<out>/<name>.h5``. The expanded plan is written to
@@ -119,11 +120,24 @@ def expand(base: dict, axes: dict, out: Path) -> list[PlannedRun]:
         names[name] = values
         d["name"] = name
         try:
-            config = RunConfig.from_dict(d)
+            config = _with_recipe(RunConfig.from_dict(d), d.get("train", {}))
         except (UlvizError, TypeError) as e:
             raise UlvizError(f"run {name}: {e}") from None
         runs.append(PlannedRun(name, out / f"{name}.h5", config, values))
     return runs
+
+
+def _with_recipe(config: RunConfig, train: dict) -> RunConfig:
+    """With ``train.recipe`` named, the recipe's fields (as ``ulviz train --recipe``), then the
+    fields the file gives explicitly; without it, the file's fields over TrainConfig's defaults."""
+    from dataclasses import replace
+
+    from .recipes import apply_recipe
+    if "recipe" not in train:
+        return config
+    given = {k: v for k, v in train.items() if k not in ("recipe",)}
+    fixed = apply_recipe(config.train, train["recipe"], config.data.name)
+    return replace(config, train=replace(fixed, **given))
 
 
 def _name_keys(fields: list[str]) -> dict[str, str]:
