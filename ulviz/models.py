@@ -174,10 +174,91 @@ def model_stages(model: nn.Module) -> list[nn.Module]:
 
     Analyses that perturb one layer (SAL, landscapes restricted to a layer) run the unperturbed
     stages before it once and reuse their output. A model may say how it splits with a
-    ``stages()`` method; a Sequential splits into its children; anything else is one stage.
+    ``stages()`` method; a Sequential splits into its children; anything else is split by
+    :func:`fx_stages` (symbolic tracing), or stays one stage, with a one-line notice, when it
+    cannot be traced.
     """
     if hasattr(model, "stages"):
         return list(model.stages())
     if isinstance(model, nn.Sequential):
         return list(model.children())
-    return [model]
+    return fx_stages(model)
+
+
+_NOTICED: set[str] = set()  # model classes already reported as untraceable (one notice each)
+
+
+def fx_stages(model: nn.Module) -> list[nn.Module]:
+    """Any module split into a chain of stages with ``torch.fx``: trace its forward into a graph,
+    cut the graph wherever exactly one value flows on (inside a skip connection two do, so a
+    residual block stays whole) and make each piece a stage that calls the model's own
+    submodules, so parameters are shared, not copied. A piece that is one submodule call is that
+    submodule itself. Falls back to ``[model]`` with a one-line warning when tracing fails
+    (data-dependent control flow), the forward does not take one tensor, or a parameter would be
+    used by two stages. Traced code is fixed at trace time: a forward that branches on
+    ``self.training`` keeps the branch of the model's current mode."""
+    import warnings
+
+    from torch import fx
+    try:
+        graph = fx.symbolic_trace(model).graph
+        stages = _split_graph(model, graph)
+    except Exception as e:  # tracing raises many types (TraceError, TypeError, ...); all mean "cannot"
+        stages, why = None, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    else:
+        why = "its forward does not map one tensor to one tensor through shareable cuts"
+    if stages is None:
+        name = type(model).__name__
+        if name not in _NOTICED:
+            _NOTICED.add(name)
+            warnings.warn(f"ulviz: {name} could not be split into stages with torch.fx ({why}); it runs as one "
+                          "stage (correct, without the shared-prefix speed-up)", stacklevel=2)
+        return [model]
+    return stages
+
+
+def _split_graph(model: nn.Module, graph) -> list[nn.Module] | None:
+    from torch import fx
+    nodes = list(graph.nodes)
+    inputs = [n for n in nodes if n.op == "placeholder"]
+    outputs = [n for n in nodes if n.op == "output"]
+    if len(inputs) != 1 or len(outputs) != 1 or not isinstance(outputs[0].args[0], fx.Node):
+        return None
+    order = {n: i for i, n in enumerate(nodes)}
+    last_use = {n: max((order[u] for u in n.users), default=order[n]) for n in nodes}
+    body = [n for n in nodes if n.op not in ("placeholder", "output", "get_attr")]
+    result = outputs[0].args[0]
+    # a cut after node i: the only value (parameters aside) still needed later is node i itself
+    cuts = [n for n in body if n is not result and
+            [m for m in nodes[:order[n] + 1] if m.op != "get_attr" and last_use[m] > order[n]] == [n]]
+    pieces, start = [], inputs[0]
+    for end in cuts + [result]:
+        segment = [n for n in body if order[start] < order[n] <= order[end]]
+        pieces.append(_stage(model, segment, start, end))
+        start = end
+    owners = {}
+    for i, piece in enumerate(pieces):
+        for p in piece.parameters():
+            if owners.setdefault(id(p), i) != i:
+                return None  # a parameter used in two stages: perturbing it in one would miss the other
+    return pieces
+
+
+def _stage(model: nn.Module, segment: list, inp, out) -> nn.Module:
+    """One piece of the traced graph as a module: the submodule itself when the piece is a
+    single call of it on the piece's input, else a GraphModule over the model's own submodules."""
+    from torch import fx
+    only = segment[0] if len(segment) == 1 else None
+    if only is not None and only.op == "call_module" and only.args == (inp,) and not only.kwargs:
+        return model.get_submodule(only.target)
+    g = fx.Graph()
+    env = {inp: g.placeholder("x")}
+
+    def arg(a):
+        if a not in env:  # a parameter or buffer read directly (get_attr): every piece gets its own read
+            env[a] = g.node_copy(a, arg)
+        return env[a]
+    for n in segment:
+        env[n] = g.node_copy(n, arg)
+    g.output(env[out])
+    return fx.GraphModule(model, g)
