@@ -5,7 +5,13 @@ normalization, on the CPU, timed side by side in one run. Also prints our time p
 divided by the time of one plain forward pass (with the loss) of the same data.
 
     .venv/bin/pip install -e '.[bench]'       # loss-landscapes==3.0.6
-    .venv/bin/python benchmarks/landscape_speed.py [--resolution 41] [--device cpu]
+    .venv/bin/python benchmarks/landscape_speed.py [--resolution 41] [--device cpu] [--models linear,mlp,lenet5]
+        [--user-models seqcnn,skipnet,mlp128]
+
+The "user models" are networks defined here, as a new user would write them, not ours: a
+Sequential CNN without pooling (two 3x3 convolutions of 16 and 32 channels, a dense head), a
+non-Sequential conv net with a skip connection (split into stages by torch.fx), and an MLP of 128
+hidden units.
 """
 from __future__ import annotations
 
@@ -16,8 +22,33 @@ import pandas as pd
 import torch
 from torch.nn import functional as F
 
+from torch import nn
+
 from ulviz import create_model, load_dataset
 from ulviz.landscape import plane
+
+
+class SkipNet(nn.Module):
+    """A user's conv net with a skip connection: not a Sequential, no stages() method."""
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 16, 3, padding=1)
+        self.conv = nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Linear(16 * 8 * 8, classes)
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        h = h + torch.relu(self.conv(h))
+        return self.head(torch.flatten(h, 1))
+
+
+USER_MODELS = {
+    "seqcnn": lambda: nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1),
+                                    nn.ReLU(), nn.Flatten(), nn.Linear(32 * 8 * 8, 10)),
+    "skipnet": SkipNet,
+    "mlp128": lambda: nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10)),
+}
 
 
 def best_of(fn, repeats: int) -> float:
@@ -32,7 +63,8 @@ def best_of(fn, repeats: int) -> float:
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--resolution", type=int, default=41)
-    p.add_argument("--models", default="linear,mlp,lenet5")
+    p.add_argument("--models", default="linear,mlp,lenet5", help="bundled models ('' for none)")
+    p.add_argument("--user-models", default=",".join(USER_MODELS), help="networks defined here ('' for none)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
@@ -46,9 +78,11 @@ def main():
     x, y = ds.x_train.to(device), ds.y_train.to(device)
     r = args.resolution
     rows = []
-    for name in args.models.split(","):
+    makers = {n: (lambda n=n: create_model(n, ds.image_shape, ds.num_classes)) for n in args.models.split(",") if n}
+    makers.update({f"user:{n}": USER_MODELS[n] for n in args.user_models.split(",") if n})
+    for name, make in makers.items():
         torch.manual_seed(0)
-        model = create_model(name, ds.image_shape, ds.num_classes).to(device).eval()
+        model = make().to(device).eval()
 
         def forward():
             with torch.no_grad():
@@ -82,7 +116,8 @@ def main():
     print(f"\n== {r}x{r} plane, digits train set ({len(x)} images), {device}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads ==")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print("targets: speedup >= 3 on linear and mlp, >= 1 on lenet5; forwards_per_point <= 1.2 on lenet5")
+    print("targets: speedup >= 3 on linear and mlp, >= 1 on lenet5; forwards_per_point <= 1.2 on lenet5; "
+          "user models >= 1.5 (user:mlp128 >= 3)")
 
 
 if __name__ == "__main__":

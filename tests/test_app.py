@@ -142,7 +142,7 @@ def test_launch_a_tiny_run_from_the_home_page(tmp_path, monkeypatch):
     boxes["Unlearnable method"].set_value("random")
     boxes["SAL after every epoch"].set_value("fast")
     {w.label: w for w in at.number_input}["Epochs"].set_value(2)
-    at.button[-1].click().run()
+    _by_label(at.button, "Launch").click().run()
     assert not at.exception and any("launched tiny-job" in s.value for s in at.success), [e.value for e in at.error]
     job = JobManager(tmp_path).jobs()[0]
     deadline = time.time() + 120
