@@ -30,11 +30,10 @@ else:
 if study is None or study.table.empty:
     st.stop()
 
-left, right = st.columns(2)
-left.plotly_chart(plots.defense_heatmap(study.pivot("accuracy"), "accuracy", study.pivot("ratio")), width="stretch")
-right.plotly_chart(plots.defense_heatmap(study.pivot("UD"), "UD"), width="stretch")
-st.caption("Left: clean-test accuracy (mean of the last 4 epochs), coloured by its ratio to the clean run under the "
-           "same defense (in brackets). Right: UD, the learnable layers per epoch relative to that clean run; 0 would "
+st.plotly_chart(plots.defense_heatmap(study.pivot("accuracy"), "accuracy", study.pivot("ratio")), width="stretch")
+st.plotly_chart(plots.defense_heatmap(study.pivot("UD"), "UD"), width="stretch")
+st.caption("Top: clean-test accuracy (mean of the last 4 epochs), coloured by its ratio to the clean run under the "
+           "same defense (in brackets). Bottom: UD, the learnable layers per epoch relative to that clean run; 0 would "
            "be truly unlearnable, 1 is as learnable as clean training. A defense that works lifts a protection's row "
            "back towards 1 in both. Empty cells: no run, or no SAL.")
 ui.show_warnings(study.notes, "notes")

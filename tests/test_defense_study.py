@@ -104,3 +104,17 @@ def test_page_on_defended_runs_and_on_the_bundled_study(grid, tmp_path, monkeypa
         assert "bundled" in at.info[0].value and len(at.get("plotly_chart")) >= 2
     else:
         assert "No run in the data directory" in at.info[0].value
+
+
+def test_heatmaps_write_the_values_on_the_cells():
+    import pandas as pd
+    from ulviz import plots
+    acc = pd.DataFrame({"none": [0.47, 0.21], "jpeg": [0.46, np.nan]}, index=["clean", "em"])
+    ratio = pd.DataFrame({"none": [1.0, 0.45], "jpeg": [1.0, np.nan]}, index=["clean", "em"])
+    fig = plots.defense_heatmap(acc, "accuracy", ratio)
+    assert fig.data[0].text[1][0] == "0.21<br>(0.45)" and fig.data[0].text[1][1] == ""  # no run: empty cell
+    assert list(fig.data[0].z[1][:1]) == [0.45]  # coloured by the ratio
+    ud = plots.defense_heatmap(pd.DataFrame({"none": [1.0, 1.24]}, index=["clean", "em"]), "UD")
+    assert ud.data[0].text[1][0] == "1.24" and ud.data[0].zmin == 0 and ud.data[0].zmax == 2
+    bars = plots.defense_layers(pd.DataFrame({"none": [1.0, 0.25], "jpeg": [0.5, 0.0]}, index=["conv1", "fc"]), "em")
+    assert [t.name for t in bars.data] == ["em · none", "em · jpeg"] and list(bars.data[0].y) == [100.0, 25.0]

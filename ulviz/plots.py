@@ -344,16 +344,17 @@ def defense_heatmap(values: pd.DataFrame, kind: str, ratios: pd.DataFrame | None
                  for a, r in zip(ra, rr)] for ra, rr in zip(v, z)]
         heat = dict(z=z, zmin=0, zmax=1.2, colorscale=CROSSTASK_SCALE, colorbar=dict(title="ratio to clean"),
                     hovertemplate="%{y} · %{x}<br>accuracy %{text}<extra></extra>")
-        title = "Clean-test accuracy under each defense (ratio to clean training under it)"
+        title = "Clean-test accuracy under each defense"
     else:
         text = [["" if np.isnan(u) else f"{u:.2f}" for u in row] for row in v]
         # 0 = truly unlearnable (red), 1 = as many learnable layers as clean training (the middle)
         heat = dict(z=v, zmin=0, zmax=2, colorscale=CROSSTASK_SCALE, colorbar=dict(title="UD"),
                     hovertemplate="%{y} · %{x}<br>UD %{z:.3f}<extra></extra>")
-        title = "Unlearnable Distance under each defense (against clean training under it)"
+        title = "Unlearnable Distance under each defense"
     fig = go.Figure(go.Heatmap(x=cols, y=rows, text=text, texttemplate="%{text}", **heat))
     fig.update_yaxes(autorange="reversed")
-    return _layout(fig, title, "defense", "protection", height=max(300, 55 * len(rows) + 130))
+    return _layout(fig, title, "defense", "protection", height=max(300, 55 * len(rows) + 150),
+                   subtitle="against the clean run trained under the same defense")
 
 
 def defense_layers(fractions: pd.DataFrame, method: str) -> go.Figure:
