@@ -7,13 +7,12 @@ import sys
 import time
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from conftest import ROOT, tiny_config
 from ulviz import open_run, train
 from ulviz.errors import UlvizError
-from ulviz.sweep import load_sweep, parse_sweep, run_sweep, run_state, sweep_status, sweep_ud, todo
+from ulviz.sweep import load_sweep, parse_sweep, run_sweep, run_state, sweep_ud, todo
 
 SWEEP = """
 out = "runs/study"
@@ -122,7 +121,7 @@ def test_local_sweep_in_parallel_then_rerun_is_a_no_op(tmp_path):
     assert np.allclose(table[table.method == "clean"]["UD"], 1.0)
     rand = table[table.method == "random"]
     row = summary[summary.method == "random"].iloc[0]
-    assert row.seeds == 2 and row.UD_mean == pytest.approx(rand["UD"].mean())
+    assert row.seeds == 2 and row.variant == "method-random" and row.UD_mean == pytest.approx(rand["UD"].mean())
     assert row.UD_std == pytest.approx(rand["UD"].std()) and row.accuracy_std == pytest.approx(rand["accuracy"].std())
 
 

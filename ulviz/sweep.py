@@ -345,7 +345,8 @@ def sweep_ud(sweep: Sweep, seed_field: str = "train.seed"):
     from .ud import seed_summary, seed_table
 
     done = [run for run in sweep.runs if run_state(run)[0] == "complete"]
-    variants = {run.path: "_".join(f"{k}-{_value_text(v)}" for k, v in run.values.items() if k != seed_field) or "run"
-                for run in done}
+    keys = _name_keys(list(sweep.axes))  # as in the run names: method-em_seed-1 -> variant method-em
+    variants = {run.path: "_".join(f"{keys[k]}-{_value_text(v)}" for k, v in run.values.items() if k != seed_field)
+                or "run" for run in done}
     table = seed_table([run.path for run in done], variants)
     return table, seed_summary(table)
