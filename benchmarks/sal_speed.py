@@ -8,6 +8,8 @@ Prints, for the demo model (digits, lenet5) and for resnet18 on a small 32x32 se
 
     .venv/bin/python benchmarks/sal_speed.py            # full tables (a few minutes on 2 cores)
     .venv/bin/python benchmarks/sal_speed.py --quick    # fewer epochs, a smoke run
+    .venv/bin/python benchmarks/sal_speed.py --device cuda --cifar data/cifar10-subset --speed-only
+        # plain loop vs exact (per layer, and all layers batched) for lenet5, cnn and resnet18 on CIFAR-10
 """
 from __future__ import annotations
 
@@ -40,14 +42,18 @@ def speed_row(label, model, x, y, iters, batch_size, device="cpu"):
     if dev.type == "cuda":  # warm-up: the first kernels of a process pay for their loading
         layer_sal(model, (x[:batch_size], y[:batch_size]), device=dev, iters=1)
     t_plain, plain = timed(lambda: plain_loop_sal(model, x, y, **kw))
-    t_exact, exact = timed(lambda: layer_sal(model, (x, y), device=dev, **kw))
+    t_exact, exact = timed(lambda: layer_sal(model, (x, y), device=dev, batched=False, **kw))
+    t_batched, batched = timed(lambda: layer_sal(model, (x, y), device=dev, batched=True, **kw))
     t_fast, fast = timed(lambda: layer_sal(model, (x, y), estimator="fast", subset=len(x), device=dev, **kw))
     def diff(parts):
         return max(abs(getattr(exact[k], p) - getattr(plain[k], p)) for k in plain for p in parts)
     # float32: the ascent amplifies last-bit differences (batched vs per-sample conv kernels), so a
     # sample near the decision boundary can flip; acc parts then differ by a multiple of 1/samples
     return dict(case=label, layers=len(plain), samples=len(x), iters=iters, plain_s=t_plain, exact_s=t_exact,
-                exact_speedup=t_plain / t_exact, fast_s=t_fast, fast_speedup=t_plain / t_fast,
+                exact_speedup=t_plain / t_exact, batched_s=t_batched, batched_speedup=t_plain / t_batched,
+                batched_vs_exact=max(abs(getattr(exact[k], p) - getattr(batched[k], p)) for k in exact
+                                     for p in ("sal", "s_max", "s_min")),
+                fast_s=t_fast, fast_speedup=t_plain / t_fast,
                 max_diff_loss=diff(("sal", "s_max", "s_min")), max_diff_acc=diff(("acc_drop", "acc_rise")))
 
 
@@ -70,6 +76,8 @@ def main():
     p.add_argument("--device", default="cpu", help="where the speed table is measured (cpu, cuda, mps)")
     p.add_argument("--resnet-samples", type=int, default=64, help="size of the resnet18 case's data")
     p.add_argument("--speed-only", action="store_true", help="skip the fidelity and UD tables")
+    p.add_argument("--cifar", help="a CIFAR-10 directory (binary layout): speed rows for lenet5, cnn and resnet18 on it")
+    p.add_argument("--cifar-samples", type=int, default=512, help="training images of the CIFAR rows")
     args = p.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     epochs = args.epochs or (4 if args.quick else 15)
@@ -96,6 +104,18 @@ def main():
         opt.step()
     rows.append(speed_row("resnet18(w16) / digits@32x32", resnet, xr, yr, iters=2 if args.quick else 10, batch_size=32,
                           device=args.device))
+    if args.cifar:
+        cifar = load_dataset(DataConfig("cifar10", data_dir=args.cifar, train_limit=args.cifar_samples))
+        for name, width in (("lenet5", None), ("cnn", None), ("resnet18", None)):
+            torch.manual_seed(0)
+            net = create_model(name, cifar.image_shape, cifar.num_classes, width=width)
+            opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+            for i in range(0, len(cifar.x_train), 128):  # one epoch, so the model is not at its init
+                opt.zero_grad()
+                F.cross_entropy(net(cifar.x_train[i:i + 128]), cifar.y_train[i:i + 128]).backward()
+                opt.step()
+            rows.append(speed_row(f"{name} / cifar10 ({len(cifar.x_train)} images)", net.eval(), cifar.x_train,
+                                  cifar.y_train, iters=2 if args.quick else 10, batch_size=128, device=args.device))
     print(f"\n== SAL speed on {args.device} (seconds; speed-ups over the plain per-layer loop) ==")
     print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     if args.speed_only:

@@ -29,6 +29,19 @@ def test_exact_sal_on_gpu_equals_the_plain_loop_on_cpu(name, width):
             assert abs(getattr(ours[layer], part) - value) <= 1e-5, (layer, part)
 
 
+@pytest.mark.parametrize("name, width", [("lenet5", None), ("cnn", 4), ("resnet18", 2)])
+def test_all_layers_batched_on_gpu_equals_the_plain_loop_on_cpu(name, width):
+    model = _trained(name, width=width)
+    ds = load_dataset("synthetic", train_limit=200)
+    x, y = ds.x_train.double(), ds.y_train
+    ours = layer_sal(model, (x, y), iters=3, lr_min=0.5, lr_max=0.5, eps=0.05, batch_size=64, device="cuda",
+                     batched=True)
+    ref = reference_sal(model, x, y, iters=3, lr=0.5, eps=0.05, batch_size=64)
+    for layer, r in ref.items():
+        for part, value in r.items():
+            assert abs(getattr(ours[layer], part) - value) <= 1e-5, (layer, part)
+
+
 @pytest.mark.parametrize("name, width", [("mlp", 16), ("lenet5", None), ("cnn", 4)])
 def test_plane_on_gpu_equals_hand_loaded_weights_on_cpu(name, width):
     model, x, y = _model(name, width=width)

@@ -208,3 +208,41 @@ def test_describe_sal_says_what_was_measured():
     assert "every epoch" in describe_sal(dict(estimator="exact", split="test"), [1, 2, 3])
     assert "first 1024 samples" in describe_sal(dict(estimator="fast", subset=None), [1, 2, 3])  # fast's default
     assert describe_sal({}, []) == "no SAL stored"
+
+
+@pytest.mark.parametrize("name, width, shuffle", [("lenet5", None, False), ("mlp", 32, True), ("cnn", 4, False),
+                                                  ("resnet18", 2, True)])
+def test_all_layers_batched_equals_the_per_layer_search_float64(name, width, shuffle):
+    """Every layer's min and max copies in one vmapped call per batch give the per-layer search's
+    numbers (and the plain loop's, independently, where shuffle is off)."""
+    model = _trained(name, width=width, epochs=2)
+    ds = load_dataset("synthetic", train_limit=96)
+    x, y = ds.x_train.double(), ds.y_train
+    kw = dict(iters=2, lr_min=0.5, lr_max=0.5, eps=0.05, batch_size=32, shuffle=shuffle, seed=3, device="cpu")
+    per_layer = layer_sal(model, (x, y), batched=False, **kw)
+    batched = layer_sal(model, (x, y), batched=True, **kw)
+    assert list(batched) == list(per_layer)
+    for k in per_layer:
+        for part in ("sal", "s_max", "s_min", "acc_drop", "acc_rise"):
+            assert abs(getattr(per_layer[k], part) - getattr(batched[k], part)) <= 1e-9, (k, part)
+    if not shuffle:
+        ref = reference_sal(model, x, y, iters=2, lr=0.5, eps=0.05, batch_size=32)
+        for layer, r in ref.items():
+            for part, value in r.items():
+                assert abs(getattr(batched[layer], part) - value) <= 1e-5, (layer, part)
+    assert max(abs(r.s_max) for r in batched.values()) > 1e-6  # the search moved something
+
+
+def test_batched_search_splits_layers_into_groups_that_fit_the_memory_budget():
+    from ulviz.sal import _layer_groups
+    model = _trained("lenet5", epochs=1)
+    ds = load_dataset("synthetic", train_limit=64)
+    x, y = ds.x_train.double(), ds.y_train
+    names = [n for n, p in model.named_parameters() if n.endswith("weight")]
+    assert len(_layer_groups(model, x[:1], names, 64, 1 << 40)) == 1  # plenty: all at once
+    tight = _layer_groups(model, x[:1], names, 64, 1)
+    assert tight == [[n] for n in names]  # nothing fits: one layer a group, never zero
+    whole = layer_sal(model, (x, y), iters=2, batch_size=32, batched=True, device="cpu")
+    split = layer_sal(model, (x, y), iters=2, batch_size=32, batched=True, memory_bytes=1, device="cpu")
+    for k in whole:
+        assert whole[k] == split[k]
