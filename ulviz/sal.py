@@ -83,7 +83,7 @@ def layer_sal(model: nn.Module, data, *, estimator: str = "exact", iters: int = 
 
     `batched` (exact only) advances the min and max copies of *every* layer together: one
     vmapped functional call per batch instead of two per layer, in groups of layers that fit
-    `memory_bytes` (default 4 GB). None = on a GPU, where the per-layer search is launch-bound;
+    `memory_bytes` (default: half the GPU's free memory, 4 GB elsewhere). None = on a GPU, where the per-layer search is launch-bound;
     on the CPU the per-layer search with shared prefixes does less arithmetic and stays the default.
     """
     if estimator not in ESTIMATORS:
@@ -116,7 +116,8 @@ def layer_sal(model: nn.Module, data, *, estimator: str = "exact", iters: int = 
         batched = estimator == "exact" and device.type in BATCHED_DEVICES
     if batched and estimator == "exact":
         out = {}
-        for group in _layer_groups(net, x[:1], wanted, 2 * min(batch_size, len(x)), memory_bytes or (4 << 30)):
+        budget = memory_bytes or _default_budget(device)
+        for group in _layer_groups(net, x[:1], wanted, 2 * min(batch_size, len(x)), budget):
             best = _exact_all_layers(net, chain, y, group, loss0, acc0, settings)
             out.update({name: _record(loss0, acc0, *best[name]) for name in group})
             if progress:
@@ -316,6 +317,13 @@ def _exact_search(suffix: _Suffix, chain: _Chain, y, loss0, acc0, st, _):
         if l_max > max_loss:
             max_loss, acc_at_max = l_max, a_max
     return min_loss, max_loss, acc_at_min, acc_at_max
+
+
+def _default_budget(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 2
+    return 4 << 30
 
 
 def _layer_groups(net: nn.Module, x1: torch.Tensor, names: list[str], batch: int, budget: int) -> list[list[str]]:
