@@ -89,7 +89,7 @@ def crosstask_table(paths: Iterable[str | Path], probe: bool = True) -> pd.DataF
     accuracy and UD against that clean run (NaN where the run or its clean run has no SAL)."""
     from .probe import linear_probe
     from .store import open_run, run_labels
-    from .ud import unlearnable_distance
+    from .ud import group_ud
 
     runs = [open_run(p) for p in paths]
     rows = []
@@ -103,15 +103,11 @@ def crosstask_table(paths: Iterable[str | Path], probe: bool = True) -> pd.DataF
         return table
     table["ratio"], table["UD"] = np.nan, np.nan
     for task, group in table.groupby("task"):
-        clean = [i for i in group.index if table.at[i, "_run"].config.poison.method == "clean"]
-        if not clean:
+        ref, result, _ = group_ud({i: table.at[i, "_run"] for i in group.index})
+        if ref is None:
             continue
-        ref = table.at[clean[0], "_run"]
-        table.loc[group.index, "ratio"] = group["score"] / table.at[clean[0], "score"]
-        with_sal = [i for i in group.index if len(table.at[i, "_run"].sal_epochs) and
-                    table.at[i, "_run"].layer_names == ref.layer_names]
-        if len(ref.sal_epochs) and with_sal:
-            result = unlearnable_distance(ref.sal["sal"], {i: table.at[i, "_run"].sal["sal"] for i in with_sal})
-            for i in with_sal:
-                table.at[i, "UD"] = result.ud[i]
+        clean = next(i for i in group.index if table.at[i, "_run"] is ref)
+        table.loc[group.index, "ratio"] = group["score"] / table.at[clean, "score"]
+        for i, ud in (result.ud.items() if result is not None else ()):
+            table.at[i, "UD"] = ud
     return table.drop(columns="_run")[["run", "label", "method", "task", "metric", "score", "ratio", "probe", "UD"]]

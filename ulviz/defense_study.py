@@ -73,7 +73,7 @@ def defense_study(paths: Iterable[str | Path]) -> DefenseStudy:
     run's name. Runs without SAL (or whose clean run has none) get accuracy and ratio, no UD."""
     from .errors import UlvizError
     from .store import open_run
-    from .ud import unlearnable_distance
+    from .ud import group_ud
 
     runs = [open_run(p) for p in paths]
     rows = [{"method": r.name, "defense": defense_label(list(r.config.train.defenses)),
@@ -82,23 +82,21 @@ def defense_study(paths: Iterable[str | Path]) -> DefenseStudy:
     table["ratio"], table["UD"], table["learnable"] = np.nan, np.nan, np.nan
     layer_rows, notes = [], []
     for defense, group in table.groupby("defense", sort=False):
-        clean = [i for i in group.index if runs[i].config.poison.method == "clean"]
-        if not clean:
+        clean = next((i for i in group.index if runs[i].config.poison.method == "clean"), None)
+        if clean is None:
             notes.append(f"{defense}: no clean run trained under this defense, so no ratio or UD")
             continue
-        ref = runs[clean[0]]
-        table.loc[group.index, "ratio"] = group["accuracy"] / table.at[clean[0], "accuracy"]
-        with_sal = [i for i in group.index if len(runs[i].sal_epochs) and runs[i].layer_names == ref.layer_names]
-        notes += [f"{table.at[i, 'method']} under {defense}: no SAL comparable with its clean run, so no UD"
-                  for i in group.index if i not in with_sal]
-        if not len(ref.sal_epochs) or not with_sal:
-            continue
+        table.loc[group.index, "ratio"] = group["accuracy"] / table.at[clean, "accuracy"]
         try:
-            result = unlearnable_distance(ref.sal["sal"], {i: runs[i].sal["sal"] for i in with_sal})
+            ref, result, missing = group_ud({i: runs[i] for i in group.index})  # ref is runs[clean]
         except UlvizError as e:
             notes.append(f"{defense}: {e}")
             continue
-        for i in with_sal:
+        notes += [f"{table.at[i, 'method']} under {defense}: no SAL comparable with its clean run, so no UD"
+                  for i in missing]
+        if result is None:
+            continue
+        for i in result.ud:
             table.at[i, "UD"], table.at[i, "learnable"] = result.ud[i], result.counts[i]
             layer_rows += [{"method": table.at[i, "method"], "defense": defense, "layer": layer, "fraction": float(f)}
                            for layer, f in zip(ref.layer_names, result.per_layer[i])]

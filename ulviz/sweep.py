@@ -23,7 +23,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -34,10 +33,10 @@ from typing import Any, Callable
 
 from .config import RunConfig
 from .errors import UlvizError
+from .jobs import safe_name
 
 PLAN = "sweep-plan.json"
 STATES = ("pending", "running", "interrupted", "complete", "failed")
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 @dataclass(frozen=True)
@@ -113,8 +112,7 @@ def expand(base: dict, axes: dict, out: Path) -> list[PlannedRun]:
         d = json.loads(json.dumps(base))  # a deep copy
         for field, value in values.items():
             _set_dotted(d, field, value)
-        name = "_".join(f"{keys[f]}-{_value_text(v)}" for f, v in values.items()) or "run"
-        name = _SAFE.sub("-", name).strip(".-")[:120] or "run"
+        name = safe_name("_".join(f"{keys[f]}-{_value_text(v)}" for f, v in values.items()) or "run", 120)
         if name in names:
             raise UlvizError(f"runs {names[name]} and {values} get the same name {name!r}; make the axes values distinct")
         names[name] = values

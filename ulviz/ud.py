@@ -397,3 +397,20 @@ def seed_summary(table: "pd.DataFrame") -> "pd.DataFrame":
             .agg(seeds=("seed", "nunique"), accuracy_mean=("accuracy", "mean"), accuracy_std=("accuracy", "std"),
                  UD_mean=("UD", "mean"), UD_std=("UD", "std"))
             .reset_index())
+
+
+# -- a group of runs against its own clean run ---------------------------------------------------
+
+def group_ud(runs: dict) -> tuple[object | None, "UDResult | None", list]:
+    """For a group of runs (key -> Run) that share a reference: the group's first clean run, the
+    UD of every member with SAL comparable to it (same layers; the clean run's own UD is 1), and
+    the keys of the members left without UD. (None, None, all keys) when the group has no clean
+    run; (clean, None, ...) when it or none of its members has SAL."""
+    clean = next((r for r in runs.values() if r.config.poison.method == "clean"), None)
+    if clean is None:
+        return None, None, list(runs)
+    with_sal = {k: r for k, r in runs.items() if len(r.sal_epochs) and r.layer_names == clean.layer_names}
+    missing = [k for k in runs if k not in with_sal]
+    if not len(clean.sal_epochs) or not with_sal:
+        return clean, None, missing
+    return clean, unlearnable_distance(clean.sal["sal"], {k: r.sal["sal"] for k, r in with_sal.items()}), missing
