@@ -299,3 +299,107 @@ def test_pca_plane_origin_is_the_whole_final_state(tmp_path):
     expected = torch.nn.functional.cross_entropy(model(x), y).item()
     assert land.loss[0, 0] == pytest.approx(expected, rel=1e-5)
     assert land.loss[0, 0] < 0.99 * np.log(int(y.max()) + 1)  # not the uniform prediction
+
+
+# -- the CPU loop over points of conv nets: channels-last, padded heads, in-place ReLUs ------------
+
+class _WideSkip(torch.nn.Module):
+    """16-channel convolutions (wide enough for channels-last), a residual add, torch.flatten and a
+    10-class head: the loop's channels-last flatten, padded head and fx stages all take part."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(1, 16, 3, padding=1)
+        self.conv = torch.nn.Conv2d(16, 16, 3, padding=1)
+        self.head = torch.nn.Linear(16 * 8 * 8, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        h = h + torch.relu(self.conv(h))
+        return self.head(torch.flatten(h, 1))
+
+
+def _wide_models():
+    seq = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(32 * 8 * 8, 10))
+    return {"sequential": seq, "skip": _WideSkip()}
+
+
+@pytest.mark.parametrize("kind", ["sequential", "skip"])
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("layer", [None, "conv2"])
+def test_cpu_loop_over_conv_points_equals_hand_loaded_weights(monkeypatch, kind, channels_last, layer):
+    monkeypatch.setattr(L, "_CHANNELS_LAST", channels_last)
+    torch.manual_seed(4)
+    model = _wide_models()[kind].double().eval()
+    x, y = torch.rand(30, 1, 8, 8, dtype=torch.float64), torch.randint(0, 10, (30,))
+    # a direction on the second convolution alone: the loop then starts at that layer's output
+    # (a ReLU that may run in place on our buffer); on every weight it starts after the stem
+    name = None if layer is None else ("2.weight" if kind == "sequential" else "conv.weight")
+    before = _state(model)
+    land = L.plane(model, (x, y), resolution=5, span=0.7, seed=2, layer=name, device="cpu")
+    assert _identical(model, before)
+    d, e = land.directions
+    with torch.no_grad():
+        assert land.loss[2, 2] == pytest.approx(F.cross_entropy(model(x), y).item(), abs=1e-12)
+    for i, j in [(0, 4), (1, 1), (4, 0), (3, 2)]:
+        a, b = land.coords[0][i], land.coords[1][j]
+        loss, acc = _loss_by_hand(model, x, y, {n: a * d[n] + b * e[n] for n in d})
+        assert land.loss[i, j] == pytest.approx(loss, abs=1e-12)
+        assert land.acc[i, j] == pytest.approx(acc)
+
+
+def test_channels_last_is_chosen_for_wide_convolutions_only(monkeypatch):
+    monkeypatch.setattr(L, "_CHANNELS_LAST", None)
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
+
+    def evaluator(model):
+        dirs = [L.random_direction(model, seed=s) for s in (0, 1)]
+        return L._Evaluator(model, L._params(model), dirs, x, y, batch_size=None, device=torch.device("cpu"),
+                            memory_bytes=None)
+
+    wide = evaluator(_wide_models()["sequential"].eval())
+    assert wide.mode == "loop" and wide.channels_last
+    assert wide.rest[3].__class__.__name__ == "_FlattenChannelsLast"  # the flatten before the head
+    assert isinstance(wide.rest[4], L._PaddedLinear)  # 10 outputs computed as 16
+    assert wide.rest[0].inplace  # the ReLU after the stem runs on our own buffer
+    narrow = evaluator(create_model("lenet5", (1, 8, 8), 10).eval())
+    assert narrow.mode == "loop" and not narrow.channels_last
+
+
+def test_padded_linear_is_the_linear():
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(20, 10).double()
+    padded = L._PaddedLinear(layer)
+    x = torch.randn(7, 20, dtype=torch.float64)
+    assert torch.allclose(padded(x), layer(x), atol=1e-14)
+    with torch.no_grad():  # the loop writes the wrapped layer's weights: the next call sees them
+        layer.weight.mul_(-2)
+    assert torch.allclose(padded(x), layer(x), atol=1e-14)
+
+
+def test_settled_allocator_keeps_freed_blocks():
+    """After settle_cpu_allocator, making and dropping 8 MB tensors costs no fresh pages (glibc's
+    malloc reuses the freed heap); in a fresh process without it, each one faults its pages in."""
+    import subprocess
+    import sys
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc's malloc only")
+    code = """
+import resource, sys, torch
+from ulviz.devices import settle_cpu_allocator
+if sys.argv[1] == "settle":
+    settle_cpu_allocator()
+for step in range(14):
+    if step == 4:  # the heap has grown to its size by then
+        start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    a = torch.ones(1 << 21)  # 8 MB, written: its pages are touched
+    b = torch.ones(1 << 21)
+    del a, b
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) // 10)
+"""
+    faults = {how: int(subprocess.run([sys.executable, "-c", code, how], capture_output=True, text=True,
+                                      check=True).stdout.strip()) for how in ("settle", "plain")}
+    assert faults["settle"] < 100  # a 8 MB tensor is 2048 pages
+    assert faults["plain"] > 1000
