@@ -380,17 +380,17 @@ def test_padded_linear_is_the_linear():
 
 
 def test_settled_allocator_keeps_freed_blocks():
-    """After settle_cpu_allocator, making and dropping 8 MB tensors costs no fresh pages (glibc's
-    malloc reuses the freed heap); in a fresh process without it, each one faults its pages in."""
+    """After settle_cpu_allocator, making and dropping 8 MB tensors costs no fresh pages: glibc's
+    malloc reuses the freed heap. (Without it a fresh process usually faults all 4,096 pages of
+    the two tensors in at every step, though not always: that depends on what it freed before.)"""
     import subprocess
     import sys
     if not sys.platform.startswith("linux"):
         pytest.skip("glibc's malloc only")
     code = """
-import resource, sys, torch
+import resource, torch
 from ulviz.devices import settle_cpu_allocator
-if sys.argv[1] == "settle":
-    settle_cpu_allocator()
+settle_cpu_allocator()
 for step in range(14):
     if step == 4:  # the heap has grown to its size by then
         start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -399,7 +399,6 @@ for step in range(14):
     del a, b
 print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) // 10)
 """
-    faults = {how: int(subprocess.run([sys.executable, "-c", code, how], capture_output=True, text=True,
-                                      check=True).stdout.strip()) for how in ("settle", "plain")}
-    assert faults["settle"] < 100  # a 8 MB tensor is 2048 pages
-    assert faults["plain"] > 1000
+    for _ in range(3):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        assert int(out.stdout.strip()) < 100  # against 4,096 when every step faults its pages in

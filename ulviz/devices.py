@@ -46,6 +46,5 @@ def settle_cpu_allocator() -> None:
     process reaches by itself; nothing is fixed by hand and other allocators are unaffected."""
     global _SETTLED
     if not _SETTLED:
-        block = torch.empty((32 << 20) - (1 << 16), dtype=torch.uint8)
-        del block
+        torch.empty((32 << 20) - (1 << 16), dtype=torch.uint8)  # made and freed at once
         _SETTLED = True
