@@ -2,7 +2,10 @@
 
 Same model, same data (the digits training set, 1437 images, one batch), same resolution, filter
 normalization, on the CPU, timed side by side in one run. Also prints our time per grid point
-divided by the time of one plain forward pass (with the loss) of the same data.
+divided by the time of one plain forward pass (with the loss) of the same data, and the minor page
+faults per grid point of each (ours / loss-landscapes'), measured in one more run of each after
+the timed ones: thousands per point mean fresh pages every point, which costs more than the
+arithmetic on this machine.
 
     .venv/bin/pip install -e '.[bench]'       # loss-landscapes==3.0.6
     .venv/bin/python benchmarks/landscape_speed.py [--resolution 41] [--device cpu] [--models linear,mlp,lenet5]
@@ -60,6 +63,22 @@ def best_of(fn, repeats: int) -> float:
     return min(times)
 
 
+def minor_faults() -> int:
+    """Pages this process has faulted in so far: a loop that keeps getting fresh pages from the
+    system pays for each (see ulviz.devices.settle_cpu_allocator)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def faults_of(fn) -> int:
+    start = minor_faults()
+    fn()
+    return minor_faults() - start
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--resolution", type=int, default=41)
@@ -109,8 +128,10 @@ def main():
             t_ours.append(best_of(ours, 1))
             t_theirs.append(best_of(theirs, 1) if theirs else float("nan"))
         t_fwd, t_ours, t_theirs = min(t_fwd), min(t_ours), min(t_theirs)
+        f_ours, f_theirs = faults_of(ours) / (r * r), faults_of(theirs) / (r * r) if theirs else float("nan")
         rows.append({"model": name, "ulviz_s": t_ours, "loss_landscapes_s": t_theirs, "speedup": t_theirs / t_ours,
-                     "forwards_per_point": t_ours / (r * r) / t_fwd, "forward_ms": t_fwd * 1e3})
+                     "forwards_per_point": t_ours / (r * r) / t_fwd, "forward_ms": t_fwd * 1e3,
+                     "faults_per_point": f"{f_ours:.0f} / {f_theirs:.0f}"})
         print(f"{name}: ours {t_ours:.2f}s, loss-landscapes {t_theirs:.2f}s", flush=True)
     table = pd.DataFrame(rows)
     print(f"\n== {r}x{r} plane, digits train set ({len(x)} images), {device}, torch {torch.__version__}, "

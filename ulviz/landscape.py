@@ -158,11 +158,12 @@ class _Evaluator:
         self.mode = _FORCE_MODE or ("dense" if dense else "vmap" if device.type == "cuda" else "loop")
         on_cpu = device.type == "cpu"
         # dense work on the CPU goes in blocks that stay near its caches: a batch's widest
-        # activation about 512 KB per point (the mlp: 256 samples, 1.3x faster than 1 MB; a linear
-        # model: all samples at once), 32 MB of activations per chunk (1.3x faster than 16 or 64 MB
-        # on the mlp); elsewhere large batches keep the device busy
+        # activation about 192 KB per point, at least 256 samples (the mlp, 512 wide: 256 samples,
+        # 1.3x faster than 1 MB; 128 wide: 360 samples, 1.15x faster than 719; a linear model: all
+        # samples at once), 32 MB of activations per chunk (1.3x faster than 16 or 64 MB on the
+        # mlp); elsewhere large batches keep the device busy
         widest = max([m.out_features for m in (head, *self.rest.modules()) if isinstance(m, nn.Linear)], default=1)
-        self.batch = batch_size or (min(4096, max(256, (128 << 10) // widest)) if self.mode == "dense" and on_cpu
+        self.batch = batch_size or (min(4096, max(256, (48 << 10) // widest)) if self.mode == "dense" and on_cpu
                                     else 2048)
         # equal batches, the last one padded (its padding masked out of the loss): the logits of a
         # chunk then fill one (batches, points, classes, samples) buffer and the loss is one call
