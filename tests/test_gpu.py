@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from test_landscape import _loss_by_hand, _model
+from test_landscape import _assert_points_by_hand, _model
 from test_sal import _trained, reference_sal
 from ulviz import PoisonConfig, SALConfig, load_dataset, open_run, train
 from ulviz import landscape as L
@@ -46,12 +46,7 @@ def test_all_layers_batched_on_gpu_equals_the_plain_loop_on_cpu(name, width):
 def test_plane_on_gpu_equals_hand_loaded_weights_on_cpu(name, width):
     model, x, y = _model(name, width=width)
     land = L.plane(model, (x, y), resolution=5, span=0.5, seed=3, device="cuda")
-    d, e = land.directions
-    for i, j in [(0, 4), (2, 2), (4, 0), (3, 1)]:
-        a, b = land.coords[0][i], land.coords[1][j]
-        loss, acc = _loss_by_hand(model, x, y, {n: a * d[n] + b * e[n] for n in d})
-        assert land.loss[i, j] == pytest.approx(loss, abs=1e-8)
-        assert land.acc[i, j] == pytest.approx(acc)
+    _assert_points_by_hand(land, model, x, y, [(0, 4), (2, 2), (4, 0), (3, 1)], tol=1e-8)
 
 
 def test_training_with_sal_on_gpu_matches_cpu(tmp_path):

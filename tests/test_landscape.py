@@ -41,6 +41,16 @@ def _loss_by_hand(model, x, y, shift):
     return F.cross_entropy(out, y).item(), (out.argmax(1) == y).double().mean().item()
 
 
+def _assert_points_by_hand(land, model, x, y, points, tol):
+    """The plane's loss and accuracy at grid `points` equal a hand-loaded copy's."""
+    d, e = land.directions
+    for i, j in points:
+        a, b = land.coords[0][i], land.coords[1][j]
+        loss, acc = _loss_by_hand(model, x, y, {n: a * d[n] + b * e[n] for n in d})
+        assert land.loss[i, j] == pytest.approx(loss, abs=tol)
+        assert land.acc[i, j] == pytest.approx(acc)
+
+
 def _state(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -340,14 +350,9 @@ def test_cpu_loop_over_conv_points_equals_hand_loaded_weights(monkeypatch, kind,
     before = _state(model)
     land = L.plane(model, (x, y), resolution=5, span=0.7, seed=2, layer=name, device="cpu")
     assert _identical(model, before)
-    d, e = land.directions
     with torch.no_grad():
         assert land.loss[2, 2] == pytest.approx(F.cross_entropy(model(x), y).item(), abs=1e-12)
-    for i, j in [(0, 4), (1, 1), (4, 0), (3, 2)]:
-        a, b = land.coords[0][i], land.coords[1][j]
-        loss, acc = _loss_by_hand(model, x, y, {n: a * d[n] + b * e[n] for n in d})
-        assert land.loss[i, j] == pytest.approx(loss, abs=1e-12)
-        assert land.acc[i, j] == pytest.approx(acc)
+    _assert_points_by_hand(land, model, x, y, [(0, 4), (1, 1), (4, 0), (3, 2)], tol=1e-12)
 
 
 def test_channels_last_is_chosen_for_wide_convolutions_only(monkeypatch):

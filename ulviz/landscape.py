@@ -120,7 +120,7 @@ def _params(model: nn.Module, state: Direction | None = None) -> Direction:
 _ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.Dropout)
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _FORCE_MODE: str | None = None  # tests set "loop" / "vmap" / "dense" to check that every mode agrees
-_CHANNELS_LAST: bool | None = None  # tests force the layout of the loop mode (default: channels-last on the CPU)
+_CHANNELS_LAST: bool | None = None  # tests force the loop's layout (default: channels-last for wide convolutions on the CPU)
 
 
 class _Evaluator:
