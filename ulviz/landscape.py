@@ -38,7 +38,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 from torch.nn import functional as F
 
-from .devices import select_device, settle_cpu_allocator
+from .devices import compute_device
 from .errors import UlvizError, UnknownNameError
 from .models import model_stages
 
@@ -136,8 +136,6 @@ class _Evaluator:
     def __init__(self, model: nn.Module, origin: Direction, directions: Sequence[Direction], x, y, *,
                  batch_size: int | None, device: torch.device, memory_bytes: int | None):
         net = _fast_pooling(copy.deepcopy(model).to(device).eval())  # ours to load the origin into
-        if device.type == "cpu":
-            settle_cpu_allocator()
         with torch.no_grad():
             for n, p in net.named_parameters():
                 p.copy_(origin[n])
@@ -613,7 +611,7 @@ def _surface(model, data, dirs, axes, origin, batch_size, device, memory_bytes, 
     x, y = _tensors(data)
     if len(x) == 0:
         raise UlvizError("a landscape needs at least one sample")
-    device = select_device(device)
+    device = compute_device(device)
     origin_p = _params(model, origin)
     mesh = np.stack([m.ravel() for m in np.meshgrid(*axes, indexing="ij")], axis=1)  # (points, dims)
     shape = tuple(len(a) for a in axes)

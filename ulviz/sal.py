@@ -44,7 +44,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
-from .devices import select_device
+from .devices import compute_device
 from .errors import UlvizError, UnknownNameError
 from .models import build_model, model_stages, weight_layer_names
 from .steps import correct_count
@@ -90,7 +90,7 @@ def layer_sal(model: nn.Module, data, *, estimator: str = "exact", iters: int = 
         raise UnknownNameError("SAL estimator", estimator, list(ESTIMATORS))
     if eps <= 0 or iters < 1 or steps < 1 or batch_size < 1:
         raise UlvizError("SAL needs eps > 0, iters >= 1, steps >= 1 and batch_size >= 1")
-    device = select_device(device)
+    device = compute_device(device)
     # our own copy: the caller's model keeps its device, mode and weights whatever happens here
     net = copy.deepcopy(model).to(device).eval()
     dtype = next(net.parameters()).dtype

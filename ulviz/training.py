@@ -19,7 +19,7 @@ from torch import nn
 
 from .config import RunConfig
 from .data import Dataset, load_dataset
-from .devices import select_device
+from .devices import compute_device
 from .errors import DivergedError, RunFileError, UlvizError
 from .models import build_model, weight_layer_names
 from .sal import sal_callback
@@ -136,7 +136,7 @@ def resume(path: str | Path, *, callbacks: Sequence[Callback] = (), progress: bo
 
 def _setup(config: RunConfig, dataset: Dataset | None = None):
     """(device, the protected dataset, the freshly initialized model on the device, its optimizer)."""
-    device = select_device(config.train.device)
+    device = compute_device(config.train.device)
     dataset = dataset if dataset is not None else load_dataset(config.data)
     # the task's inputs and targets: protected, defended images, targets from the clean data, clean test set
     poisoned = training_data(config, dataset)

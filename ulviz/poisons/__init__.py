@@ -158,7 +158,7 @@ def make_poison(config: PoisonConfig | str, dataset: Dataset, *, cache: bool = T
 
     The method's defaults are first set to the budget convention `config.budget`; parameters
     given in `config.params` override them."""
-    from ..devices import select_device
+    from ..devices import compute_device
 
     if isinstance(config, str):
         config = PoisonConfig(method=config, params=params)
@@ -167,12 +167,12 @@ def make_poison(config: PoisonConfig | str, dataset: Dataset, *, cache: bool = T
                           scaled_params(config.method, method.defaults, dataset.image_shape, config.budget))
     indices = protected_indices(len(dataset.x_train), config.ratio, config.seed)
     if config.method in ("clean", "import") or not cache:  # cheap, and import's file may change
-        return _generate(method, dataset, indices, config, full, select_device(device), progress)
+        return _generate(method, dataset, indices, config, full, compute_device(device), progress)
     path = _cache_path(dataset, config, full)
     hit = _read_cache(path, dataset)
     if hit is not None:
         return hit
-    poison = _generate(method, dataset, indices, config, full, select_device(device), progress)
+    poison = _generate(method, dataset, indices, config, full, compute_device(device), progress)
     _write_cache(path, poison)
     return poison
 
