@@ -24,7 +24,7 @@ def select_device(override: str | torch.device | None = None) -> torch.device:
 
 
 def compute_device(override: str | torch.device | None = None) -> torch.device:
-    """:func:`select_device`, for a computation about to start there: training, SAL and landscapes
+    """:func:`select_device`, for a computation about to start there: training, SAL, poisons and landscapes
     begin here, and on the CPU this settles the allocator first (:func:`settle_cpu_allocator`)."""
     device = select_device(override)
     if device.type == "cpu":
