@@ -385,17 +385,18 @@ def test_padded_linear_is_the_linear():
 
 
 def test_settled_allocator_keeps_freed_blocks():
-    """After settle_cpu_allocator, making and dropping 8 MB tensors costs no fresh pages: glibc's
-    malloc reuses the freed heap. (Without it a fresh process usually faults all 4,096 pages of
-    the two tensors in at every step, though not always: that depends on what it freed before.)"""
+    """Once a computation on the CPU is set up (compute_device: what training, SAL, poisons and
+    landscapes call), making and dropping 8 MB tensors costs no fresh pages: glibc's malloc
+    reuses the freed heap. (Without it a fresh process usually faults all 4,096 pages of the two
+    tensors in at every step, though not always: that depends on what it freed before.)"""
     import subprocess
     import sys
     if not sys.platform.startswith("linux"):
         pytest.skip("glibc's malloc only")
     code = """
 import resource, torch
-from ulviz.devices import settle_cpu_allocator
-settle_cpu_allocator()
+from ulviz.devices import compute_device
+assert compute_device("cpu").type == "cpu"
 for step in range(14):
     if step == 4:  # the heap has grown to its size by then
         start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
