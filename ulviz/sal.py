@@ -297,15 +297,20 @@ def _project(w: torch.Tensor, w0: torch.Tensor, eps: float) -> torch.Tensor:
     return w0 + diff / ratio * eps if ratio > eps else w
 
 
+def _round_order(chain: _Chain, st: dict, r: int) -> torch.Tensor | None:
+    """The order of the data in search round `r`: reshuffled per round with the seed when
+    `shuffle`, else None (as stored)."""
+    if not st["shuffle"]:
+        return None
+    return torch.randperm(chain.n, generator=torch.Generator().manual_seed(st["seed"] * 7919 + r))
+
+
 def _exact_search(suffix: _Suffix, chain: _Chain, y, loss0, acc0, st, _):
     w0 = suffix.w0
     w_min, w_max = w0.clone(), w0.clone()
     min_loss, max_loss, acc_at_min, acc_at_max = loss0, loss0, acc0, acc0
     for r in range(st["iters"]):
-        order = None
-        if st["shuffle"]:
-            order = torch.randperm(chain.n, generator=torch.Generator().manual_seed(st["seed"] * 7919 + r))
-        for b in chain.batches(order):
+        for b in chain.batches(_round_order(chain, st, r)):
             h = suffix.input(b)
             g = _pair_grads(suffix, torch.stack([w_min, w_max]), h, y[b])
             w_min = w_min - st["lr_min"] * g[0]  # descent
@@ -371,12 +376,10 @@ def _exact_all_layers(net: nn.Module, chain: _Chain, y, group: list[str], loss0,
 
     gradients = vmap(grad(loss), in_dims=(0, None, None))
     outputs = vmap(logits, in_dims=(0, None))
+    hits = vmap(correct_count, in_dims=(0, None))
     best = {n: [loss0, loss0, acc0, acc0] for n in group}  # min_loss, max_loss, acc_at_min, acc_at_max
     for r in range(st["iters"]):
-        order = None
-        if st["shuffle"]:
-            order = torch.randperm(chain.n, generator=torch.Generator().manual_seed(st["seed"] * 7919 + r))
-        for b in chain.batches(order):
+        for b in chain.batches(_round_order(chain, st, r)):
             g = gradients(offsets, chain._x[b], y[b])
             with torch.no_grad():
                 for i, n in enumerate(group):  # each element only moves its own layer
@@ -387,18 +390,21 @@ def _exact_all_layers(net: nn.Module, chain: _Chain, y, group: list[str], loss0,
                 ratio = torch.linalg.norm(offsets[n][2 * i:2 * i + 2].flatten(1), dim=1) / w0_norm[i]
                 scale = torch.where(ratio > st["eps"], st["eps"] / ratio, torch.ones_like(ratio))
                 offsets[n][2 * i:2 * i + 2] *= scale.view(2, *[1] * params[n].dim())
-            totals, correct = torch.zeros(k, dtype=torch.float64), torch.zeros(k, dtype=torch.float64)
+            # every element's loss and hits summed on the device: one host round trip per round,
+            # not one per element and batch (2 x layers of them). The losses stay one call per
+            # element: a vmapped cross-entropy rounds differently with the group's size
+            totals = torch.zeros(k, dtype=torch.float64, device=y.device)
+            correct = torch.zeros(k, dtype=torch.float64, device=y.device)
             for b in chain.batches():
                 out = outputs(offsets, chain._x[b])
-                for e in range(k):
-                    totals[e] += F.cross_entropy(out[e], y[b]).item() * len(b)
-                    correct[e] += correct_count(out[e], y[b]).item()
+                totals += torch.stack([F.cross_entropy(o, y[b]) for o in out]).double() * len(b)
+                correct += hits(out, y[b]).double()
+            totals, correct = (totals / chain.n).tolist(), (correct / chain.n).tolist()
         for i, n in enumerate(group):
-            l_min, l_max = totals[2 * i].item() / chain.n, totals[2 * i + 1].item() / chain.n
-            if l_min < best[n][0]:
-                best[n][0], best[n][2] = l_min, correct[2 * i].item() / chain.n
-            if l_max > best[n][1]:
-                best[n][1], best[n][3] = l_max, correct[2 * i + 1].item() / chain.n
+            if totals[2 * i] < best[n][0]:
+                best[n][0], best[n][2] = totals[2 * i], correct[2 * i]
+            if totals[2 * i + 1] > best[n][1]:
+                best[n][1], best[n][3] = totals[2 * i + 1], correct[2 * i + 1]
     return {n: tuple(v) for n, v in best.items()}
 
 
