@@ -159,6 +159,13 @@ class Job:
         return "\n".join(line.split("\r")[-1] for line in text.splitlines()[-lines:])
 
 
+def worker_env() -> dict[str, str]:
+    """The environment of a worker process (a job, a sweep's run): ours, with the package this
+    process runs from importable even where it is not installed."""
+    package_root = str(Path(__file__).resolve().parents[1])
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+
+
 class JobManager:
     """Jobs of one data directory; runs are written to ``<data dir>/runs``."""
 
@@ -174,13 +181,8 @@ class JobManager:
         out = inside(self.data_dir, self.runs_dir / f"{name}.h5")
         if out.exists() or any(j.out == str(out) and j.state != "cancelled" for j in self.jobs()):
             raise UlvizError(f"a run named {name!r} already exists in {self.runs_dir}; choose another name")
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.runs_dir.mkdir(parents=True, exist_ok=True)
-        job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        job = Job(job_id, name, str(out), str(self.dir / f"{job_id}.log"), config.to_dict(), created=time.time())
-        self._save(job)
-        self.poll()
-        return self.get(job_id)
+        return self._queue(name, out, config.to_dict())
 
     def launch_sweep(self, text: str, name: str, parallel: int = 1) -> Job:
         """Queue a sweep from the text of a sweep file (local executor, `parallel` runs at a time).
@@ -197,11 +199,14 @@ class JobManager:
             raise UlvizError(f"a sweep into {sweep.out} is already queued or running")
         file.parent.mkdir(parents=True, exist_ok=True)
         file.write_text(text)
+        return self._queue(name, sweep.out, {"sweep": str(file), "runs": len(sweep.runs), "parallel": int(parallel)},
+                           kind="sweep")
+
+    def _queue(self, name: str, out: Path, config: dict, kind: str = "run") -> Job:
+        """Record a new job and start it if a slot is free."""
         self.dir.mkdir(parents=True, exist_ok=True)
         job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        job = Job(job_id, name, str(sweep.out), str(self.dir / f"{job_id}.log"),
-                  {"sweep": str(file), "runs": len(sweep.runs), "parallel": int(parallel)}, created=time.time(),
-                  kind="sweep")
+        job = Job(job_id, name, str(out), str(self.dir / f"{job_id}.log"), config, created=time.time(), kind=kind)
         self._save(job)
         self.poll()
         return self.get(job_id)
@@ -299,22 +304,19 @@ class JobManager:
         raise UlvizError(f"no job {job_id!r}")
 
     def _start(self, job: Job) -> None:
-        config_file = self.dir / f"{job.id}.config.json"
-        config_file.write_text(json.dumps(job.config))
-        # the package this dashboard runs from, importable by the job even when not installed
-        package_root = str(Path(__file__).resolve().parents[1])
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
         if job.kind == "sweep":
             command = [sys.executable, "-m", "ulviz.cli", "sweep", job.config["sweep"],
                        "--parallel", str(job.config.get("parallel", 1))]
         else:
+            config_file = self.dir / f"{job.id}.config.json"
+            config_file.write_text(json.dumps(job.config))
             command = [sys.executable, "-m", "ulviz.cli", "train", "--config", str(config_file), "--out", job.out,
                        "--quiet"]
         with open(job.log, "ab") as log:
             proc = subprocess.Popen(
                 command,
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                cwd=self.data_dir, env=env)
+                cwd=self.data_dir, env=worker_env())
         job.pid, job.state = proc.pid, "started"
         self._save(job)
 

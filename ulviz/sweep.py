@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 from .config import RunConfig
 from .errors import UlvizError
-from .jobs import safe_name
+from .jobs import safe_name, worker_env
 
 PLAN = "sweep-plan.json"
 STATES = ("pending", "running", "interrupted", "complete", "failed")
@@ -112,7 +112,7 @@ def expand(base: dict, axes: dict, out: Path) -> list[PlannedRun]:
         d = json.loads(json.dumps(base))  # a deep copy
         for field, value in values.items():
             _set_dotted(d, field, value)
-        name = safe_name("_".join(f"{keys[f]}-{_value_text(v)}" for f, v in values.items()) or "run", 120)
+        name = safe_name(_values_name(keys, values), 120)
         if name in names:
             raise UlvizError(f"runs {names[name]} and {values} get the same name {name!r}; make the axes values distinct")
         names[name] = values
@@ -142,6 +142,11 @@ def _name_keys(fields: list[str]) -> dict[str, str]:
     """The short name of each axis in run names: its last part, or the whole field when two share it."""
     last = [f.split(".")[-1] for f in fields]
     return {f: (l if last.count(l) == 1 else f) for f, l in zip(fields, last)}
+
+
+def _values_name(keys: dict[str, str], values: dict) -> str:
+    """``method-em_seed-1``: each axis's short name and value, in the file's order."""
+    return "_".join(f"{keys[f]}-{_value_text(v)}" for f, v in values.items()) or "run"
 
 
 def _value_text(v: Any) -> str:
@@ -263,8 +268,7 @@ def _train_command(run: PlannedRun, resume: bool) -> list[str]:
 
 
 def _run_local(sweep: Sweep, work: list, parallel: int, say, poll_s: float) -> None:
-    package_root = str(Path(__file__).resolve().parents[1])  # importable by the workers even when not installed
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    env = worker_env()
     queue, running, last = list(work), {}, ""
     while queue or running:
         while queue and len(running) < parallel:
@@ -344,7 +348,7 @@ def sweep_ud(sweep: Sweep, seed_field: str = "train.seed"):
 
     done = [run for run in sweep.runs if run_state(run)[0] == "complete"]
     keys = _name_keys(list(sweep.axes))  # as in the run names: method-em_seed-1 -> variant method-em
-    variants = {run.path: "_".join(f"{keys[k]}-{_value_text(v)}" for k, v in run.values.items() if k != seed_field)
-                or "run" for run in done}
+    variants = {run.path: _values_name(keys, {k: v for k, v in run.values.items() if k != seed_field})
+                for run in done}
     table = seed_table([run.path for run in done], variants)
     return table, seed_summary(table)
