@@ -103,10 +103,9 @@ def crosstask_table(paths: Iterable[str | Path], probe: bool = True) -> pd.DataF
         return table
     table["ratio"], table["UD"] = np.nan, np.nan
     for task, group in table.groupby("task"):
-        ref, result, _ = group_ud({i: table.at[i, "_run"] for i in group.index})
-        if ref is None:
+        clean, result, _ = group_ud({i: table.at[i, "_run"] for i in group.index})
+        if clean is None:
             continue
-        clean = next(i for i in group.index if table.at[i, "_run"] is ref)
         table.loc[group.index, "ratio"] = group["score"] / table.at[clean, "score"]
         for i, ud in (result.ud.items() if result is not None else ()):
             table.at[i, "UD"] = ud

@@ -73,7 +73,7 @@ def defense_study(paths: Iterable[str | Path]) -> DefenseStudy:
     run's name. Runs without SAL (or whose clean run has none) get accuracy and ratio, no UD."""
     from .errors import UlvizError
     from .store import open_run
-    from .ud import group_ud
+    from .ud import clean_member, group_ud
 
     runs = [open_run(p) for p in paths]
     rows = [{"method": r.name, "defense": defense_label(list(r.config.train.defenses)),
@@ -82,13 +82,14 @@ def defense_study(paths: Iterable[str | Path]) -> DefenseStudy:
     table["ratio"], table["UD"], table["learnable"] = np.nan, np.nan, np.nan
     layer_rows, notes = [], []
     for defense, group in table.groupby("defense", sort=False):
-        clean = next((i for i in group.index if runs[i].config.poison.method == "clean"), None)
+        members = {i: runs[i] for i in group.index}
+        clean = clean_member(members)
         if clean is None:
             notes.append(f"{defense}: no clean run trained under this defense, so no ratio or UD")
             continue
         table.loc[group.index, "ratio"] = group["accuracy"] / table.at[clean, "accuracy"]
         try:
-            ref, result, missing = group_ud({i: runs[i] for i in group.index})  # ref is runs[clean]
+            _, result, missing = group_ud(members)
         except UlvizError as e:
             notes.append(f"{defense}: {e}")
             continue
@@ -99,7 +100,7 @@ def defense_study(paths: Iterable[str | Path]) -> DefenseStudy:
         for i in result.ud:
             table.at[i, "UD"], table.at[i, "learnable"] = result.ud[i], result.counts[i]
             layer_rows += [{"method": table.at[i, "method"], "defense": defense, "layer": layer, "fraction": float(f)}
-                           for layer, f in zip(ref.layer_names, result.per_layer[i])]
+                           for layer, f in zip(runs[clean].layer_names, result.per_layer[i])]
     per_layer = pd.DataFrame(layer_rows, columns=["method", "defense", "layer", "fraction"])
     return DefenseStudy(table[["method", "defense", "accuracy", "ratio", "UD", "learnable", "run"]], per_layer, notes)
 

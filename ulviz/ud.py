@@ -379,8 +379,9 @@ def seed_table(paths, variants: dict | None = None) -> "pd.DataFrame":
     for r in runs:
         twin = twins.get(_clean_twin_key(r.config))
         ud = np.nan
-        if twin is not None and len(r.sal_epochs) and len(twin.sal_epochs) and twin.layer_names == r.layer_names:
-            ud = unlearnable_distance(twin.sal["sal"], {"run": r.sal["sal"]}).ud["run"]
+        if twin is not None:
+            result = group_ud({"twin": twin, "run": r})[1]
+            ud = result.ud.get("run", np.nan) if result is not None else np.nan
         variant = (variants or {}).get(Path(r.path)) or names[_variant_key(r.config)]
         rows.append({"run": r.name, "variant": variant, "method": r.config.poison.method,
                      "dataset": r.config.data.name, "model": r.config.model.name, "seed": r.config.train.seed,
@@ -401,16 +402,23 @@ def seed_summary(table: "pd.DataFrame") -> "pd.DataFrame":
 
 # -- a group of runs against its own clean run ---------------------------------------------------
 
+def clean_member(runs: dict):
+    """The key of a group's first clean run (key -> Run), or None when it has none."""
+    return next((k for k, r in runs.items() if r.config.poison.method == "clean"), None)
+
+
 def group_ud(runs: dict) -> tuple[object | None, "UDResult | None", list]:
-    """For a group of runs (key -> Run) that share a reference: the group's first clean run, the
-    UD of every member with SAL comparable to it (same layers; the clean run's own UD is 1), and
-    the keys of the members left without UD. (None, None, all keys) when the group has no clean
-    run; (clean, None, ...) when it or none of its members has SAL."""
-    clean = next((r for r in runs.values() if r.config.poison.method == "clean"), None)
-    if clean is None:
+    """For a group of runs (key -> Run) that share a reference: the key of the group's first clean
+    run (:func:`clean_member`), the UD of every member with SAL comparable to it (same layers; the
+    clean run's own UD is 1), and the keys of the members left without UD. (None, None, all
+    keys) when the group has no clean run; (key, None, ...) when it or none of its members has
+    SAL."""
+    key = clean_member(runs)
+    if key is None:
         return None, None, list(runs)
+    clean = runs[key]
     with_sal = {k: r for k, r in runs.items() if len(r.sal_epochs) and r.layer_names == clean.layer_names}
     missing = [k for k in runs if k not in with_sal]
     if not len(clean.sal_epochs) or not with_sal:
-        return clean, None, missing
-    return clean, unlearnable_distance(clean.sal["sal"], {k: r.sal["sal"] for k, r in with_sal.items()}), missing
+        return key, None, missing
+    return key, unlearnable_distance(clean.sal["sal"], {k: r.sal["sal"] for k, r in with_sal.items()}), missing
