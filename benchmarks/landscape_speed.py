@@ -5,7 +5,8 @@ normalization, on the CPU, timed side by side in one run. Also prints our time p
 divided by the time of one plain forward pass (with the loss) of the same data, and the minor page
 faults per grid point of each (ours / loss-landscapes'), measured in one more run of each after
 the timed ones: thousands per point mean fresh pages every point, which costs more than the
-arithmetic on this machine.
+arithmetic on this machine. `floor_ms` is the least time one exact grid point can take here, and
+`ceiling` the speedup over loss-landscapes that this floor allows (see layer_floor_ms).
 
     .venv/bin/pip install -e '.[bench]'       # loss-landscapes==3.0.6
     .venv/bin/python benchmarks/landscape_speed.py [--resolution 41] [--device cpu] [--models linear,mlp,lenet5]
@@ -19,6 +20,7 @@ hidden units.
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import pandas as pd
@@ -79,6 +81,40 @@ def faults_of(fn) -> int:
     return minor_faults() - start
 
 
+def layer_floor_ms(model: nn.Module, x: torch.Tensor, repeats: int = 10) -> float:
+    """The least time an exact evaluation of one grid point can take on this machine, in ms.
+
+    Every weighted layer after the first has new weights at every point, so any exact method runs
+    it once per point on the full data (the first is shared across points by linearity, ulviz's
+    shortcut). Each such layer is timed alone on the input it sees in a plain forward, in whichever
+    form is fastest (convolutions channels-last or not, class heads as they are or padded to 16
+    outputs), best of `repeats`. Activations, the loss and all overhead come on top, so
+    loss-landscapes' time per point divided by this bounds the speedup of any exact method."""
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    inputs = {}
+
+    def keep(layer, inp, out):  # returns None: a forward hook's return value would replace the output
+        inputs.setdefault(layer, inp[0].detach())
+    hooks = [m.register_forward_hook(keep) for m in layers]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    total = 0.0
+    for m in layers[1:]:
+        h = inputs[m]
+        forms = [(m, h)]
+        if isinstance(m, nn.Conv2d):
+            cl = copy.deepcopy(m).to(memory_format=torch.channels_last)
+            forms.append((cl, h.contiguous(memory_format=torch.channels_last)))
+        elif m.out_features < 16:
+            forms.append((nn.Linear(m.in_features, 16).to(h.device, h.dtype), h))
+        with torch.no_grad():
+            # each form twice, alternating: the machine's speed drifts
+            total += min(best_of(lambda: layer(inp), repeats) for layer, inp in forms * 2)
+    return total * 1e3
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--resolution", type=int, default=41)
@@ -129,9 +165,11 @@ def main():
             t_theirs.append(best_of(theirs, 1) if theirs else float("nan"))
         t_fwd, t_ours, t_theirs = min(t_fwd), min(t_ours), min(t_theirs)
         f_ours, f_theirs = faults_of(ours) / (r * r), faults_of(theirs) / (r * r) if theirs else float("nan")
+        floor = layer_floor_ms(model, x)
         rows.append({"model": name, "ulviz_s": t_ours, "loss_landscapes_s": t_theirs, "speedup": t_theirs / t_ours,
                      "forwards_per_point": t_ours / (r * r) / t_fwd, "forward_ms": t_fwd * 1e3,
-                     "faults_per_point": f"{f_ours:.0f} / {f_theirs:.0f}"})
+                     "faults_per_point": f"{f_ours:.0f} / {f_theirs:.0f}", "floor_ms": floor,
+                     "ceiling": t_theirs / (r * r) * 1e3 / floor if floor else float("inf")})
         print(f"{name}: ours {t_ours:.2f}s, loss-landscapes {t_theirs:.2f}s", flush=True)
     table = pd.DataFrame(rows)
     print(f"\n== {r}x{r} plane, digits train set ({len(x)} images), {device}, torch {torch.__version__}, "
