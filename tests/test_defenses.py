@@ -15,8 +15,14 @@ def test_registry_and_specs():
     assert parse_defense("jpeg:quality=30") == {"name": "jpeg", "params": {"quality": 30}}
     with pytest.raises(UlvizError):
         parse_defense("nope")
-    with pytest.raises(UlvizError, match="no parameter"):
+    with pytest.raises(UlvizError, match="does not take q; it takes quality"):
         defend_data(torch.rand(1, 3, 8, 8), [{"name": "jpeg", "params": {"q": 3}}])
+    # a value of the wrong type is refused when the spec is read, not by the first batch
+    with pytest.raises(UlvizError, match="alpha must be a number, got 'abc'"):
+        parse_defense("mixup:alpha=abc")
+    with pytest.raises(UlvizError, match="quality must be an integer, got 2.5"):
+        parse_defense("jpeg:quality=2.5")
+    assert parse_defense("mixup:alpha=1")["params"] == {"alpha": 1}  # an integer is a number
 
 
 def test_grayscale_of_a_pure_red_image():

@@ -34,6 +34,27 @@ def test_registry_lists_every_method():
         make_poison(PoisonConfig("random", params={"epsilon": 0.1}), load_dataset("synthetic"))
 
 
+@pytest.mark.parametrize("method, params, message", [
+    ("em", {"eps": "8/255"}, "eps must be a number, got '8/255'"),
+    ("em", {"pgd_steps": 2.5}, "pgd_steps must be an integer"),  # default None: its type is declared
+    ("ops", {"pixels": True}, "pixels must be an integer, got True"),  # a bool is not a number
+    ("random", {"mode": 1}, "mode must be a string"),
+    ("rem", {"eps": None}, "eps must be a number, got None"),  # None only where the default is None
+])
+def test_parameters_of_the_wrong_type_are_refused_before_anything_runs(method, params, message):
+    with pytest.raises(UlvizError, match=message):
+        make_poison(PoisonConfig(method, params=params), load_dataset("synthetic"), cache=False)
+
+
+def test_every_parameter_has_a_type():
+    from ulviz.poisons import method_info, resolve_params
+    for name in list_methods():
+        m = method_info(name)
+        assert all(v is not None or k in m.kinds for k, v in m.defaults.items()), name
+    # integers pass for numbers, None passes where the default is None
+    assert resolve_params("em", {"eps": 1, "pgd_steps": None})["eps"] == 1
+
+
 @pytest.mark.parametrize("method, norm, bound", [
     ("random", "linf", 8 / 255), ("em", "linf", 8 / 255), ("rem", "linf", 8 / 255), ("tap", "linf", 8 / 255),
     ("lsp", "l2", 8 * 6 / 255), ("ar", "l2", (64 / 3072) ** 0.5), ("ops", "l0", 1),

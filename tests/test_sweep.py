@@ -41,10 +41,12 @@ def test_expansion_names_count_and_dotted_fields(tmp_path):
     r = s.runs[3]
     assert r.config.poison.method == "random" and r.config.train.seed == 1 and r.config.name == r.name
     assert r.config.train.epochs == 2 and r.config.model.width == 16  # the base is kept
+    # (clean takes no eps: a grid that gives it one is refused, see test_bad_sweep_files_are_named_clearly)
     deep = _sweep(tmp_path, SWEEP.replace('"train.seed" = [0, 1]', '"poison.params.eps" = [0.1, 0.25]\n"poison.seed" = [3]')
+                  .replace('["clean", "random"]', '["em", "random"]')
                   .replace('data = { name = "synthetic" }', 'data = { name = "npz", data_dir = "d/x.npz" }'))
     assert deep.runs[1].config.poison.params == {"eps": 0.25} and deep.runs[1].config.poison.seed == 3
-    assert [r.name for r in deep.runs][:2] == ["method-clean_eps-0.1_seed-3", "method-clean_eps-0.25_seed-3"]
+    assert [r.name for r in deep.runs][:2] == ["method-em_eps-0.1_seed-3", "method-em_eps-0.25_seed-3"]
     assert deep.runs[0].config.data.data_dir == str((tmp_path / "d" / "x.npz").resolve())  # relative to the file
     # two axes ending in the same word are told apart by their whole field
     both = _sweep(tmp_path, SWEEP.replace('"train.seed" = [0, 1]', '"train.seed" = [0]\n"poison.seed" = [0]'))
@@ -68,10 +70,19 @@ def test_expansion_names_count_and_dotted_fields(tmp_path):
     ("out = 'x'\n[axis]", "unknown top-level"),
     ("out = 'x\n", "not valid TOML"),
     ("out = 'x'\n[axes]\n'name' = ['a b', 'a-b']", "same name"),
+    # registry names and parameters are checked at plan time, not when a run starts
+    ("out = 'x'\n[axes]\n'model.name' = ['lenet5', 'resnet99']", "run name-resnet99: unknown model 'resnet99'"),
+    ("out = 'x'\n[axes]\n'poison.method' = ['clean', 'em']\n'poison.params.eps' = [0.1]",
+     "run method-clean_eps-0.1: method 'clean' does not take eps; it takes no parameters"),
+    ("out = 'x'\n[base]\npoison = { method = 'em' }\n[axes]\n'poison.params.eps' = [0.1, 'abc']",
+     "run eps-abc: method 'em': eps must be a number"),
+    ("out = 'x'\n[axes]\n'train.defenses' = [[{ name = 'cutout', params = { width = 4 } }]]",
+     "defense 'cutout' does not take width"),
 ])
 def test_bad_sweep_files_are_named_clearly(tmp_path, text, message):
-    with pytest.raises(UlvizError, match=message):
+    with pytest.raises(UlvizError, match=message) as e:
         parse_sweep(text, tmp_path / "s.toml")
+    assert str(tmp_path / "s.toml") in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(UlvizError, match="cannot read"):
         load_sweep(tmp_path / "missing.toml")
 

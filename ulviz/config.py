@@ -129,3 +129,35 @@ def parse_param(text: str) -> tuple[str, Any]:
         return key, json.loads(value)
     except ValueError:
         return key, value
+
+
+def checked_params(owner: str, params: dict, defaults: dict, kinds: dict | None = None) -> dict:
+    """`defaults` updated with `params`, after refusing a parameter `owner` (e.g. "method 'em'")
+    does not take or a value of the wrong type, so a typo is one clear error before anything
+    runs, not a failure midway. A parameter takes its default's type, or ``kinds[key]`` where the
+    default is None (and only there may the value be None)."""
+    unknown = sorted(set(params) - set(defaults))
+    if unknown:
+        takes = ", ".join(defaults) or "no parameters"
+        raise UlvizError(f"{owner} does not take {', '.join(unknown)}; it takes {takes}")
+    for key, value in params.items():
+        default = defaults[key]
+        kind = type(default) if default is not None else (kinds or {}).get(key)
+        if value is None and default is None or kind is None:
+            continue
+        if not _is_kind(value, kind):
+            raise UlvizError(f"{owner}: {key} must be {_KIND_NAMES.get(kind, kind.__name__)}, got {value!r}")
+    return {**defaults, **params}
+
+
+_KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _is_kind(value, kind: type) -> bool:
+    """Whether `value` is of `kind`. An integer is a number too; a bool is neither, since a
+    typo'd flag reads as `true` in JSON and TOML, not as 1."""
+    if isinstance(value, bool):
+        return kind is bool
+    if kind is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, kind)

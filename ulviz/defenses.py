@@ -35,6 +35,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .config import checked_params
 from .errors import UlvizError, UnknownNameError
 
 
@@ -71,17 +72,22 @@ def parse_defense(spec: str) -> dict:
     """``name[:key=value,...]`` -> {"name": ..., "params": {...}} (values read as JSON when they can be)."""
     from .config import parse_param
     name, _, rest = spec.partition(":")
-    get_defense(name.strip())
     params = dict(parse_param(item) for item in rest.split(",") if item.strip())
-    return {"name": name.strip(), "params": params}
+    spec = {"name": name.strip(), "params": params}
+    check_defenses([spec])
+    return spec
+
+
+def check_defenses(specs: list[dict]) -> None:
+    """Refuse an unknown defense, parameter or value type in `specs` before training starts,
+    not when the first batch meets it."""
+    for spec in specs:
+        _params(spec)
 
 
 def _params(spec: dict) -> tuple[Defense, dict]:
     d = get_defense(spec["name"])
-    unknown = sorted(set(spec.get("params", {})) - set(d.defaults))
-    if unknown:
-        raise UlvizError(f"defense {d.name!r} has no parameter {unknown[0]!r}; it takes {', '.join(d.defaults) or 'none'}")
-    return d, {**d.defaults, **spec.get("params", {})}
+    return d, checked_params(f"defense {d.name!r}", spec.get("params", {}), d.defaults)
 
 
 def defend_data(x: torch.Tensor, specs: list[dict]) -> torch.Tensor:

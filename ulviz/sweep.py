@@ -89,7 +89,10 @@ def parse_sweep(text: str, path: str | Path) -> Sweep:
             raise UlvizError(f"{path}: axis {field!r} repeats a value")
     base = _resolve_data_dir(base, path.parent)
     out = (path.parent / doc["out"]).resolve()
-    runs = expand(base, axes, out)
+    try:
+        runs = expand(base, axes, out)
+    except UlvizError as e:
+        raise UlvizError(f"{path}: {e}") from None
     return Sweep(path, out, base, dict(axes), runs)
 
 
@@ -103,7 +106,10 @@ def _resolve_data_dir(base: dict, folder: Path) -> dict:
 
 
 def expand(base: dict, axes: dict, out: Path) -> list[PlannedRun]:
-    """Every combination of the axes values set on `base`, named from the values."""
+    """Every combination of the axes values set on `base`, named from the values; each run's
+    registry names and method and defense parameters checked (training.check_config)."""
+    from .training import check_config
+
     fields = list(axes)
     keys = _name_keys(fields)
     runs, names = [], {}
@@ -119,6 +125,7 @@ def expand(base: dict, axes: dict, out: Path) -> list[PlannedRun]:
         d["name"] = name
         try:
             config = _with_recipe(RunConfig.from_dict(d), d.get("train", {}))
+            check_config(config)
         except (UlvizError, TypeError) as e:
             raise UlvizError(f"run {name}: {e}") from None
         runs.append(PlannedRun(name, out / f"{name}.h5", config, values))

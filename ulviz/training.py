@@ -18,14 +18,14 @@ import torch
 from torch import nn
 
 from .config import RunConfig
-from .data import Dataset, load_dataset
+from .data import Dataset, list_datasets, load_dataset
 from .devices import compute_device
-from .errors import DivergedError, RunFileError, UlvizError
-from .models import build_model, weight_layer_names
+from .errors import DivergedError, RunFileError, UlvizError, UnknownNameError
+from .models import build_model, list_models, weight_layer_names
 from .sal import sal_callback
 from .steps import evaluate, train_epoch
 from .tasks import check_task_model
-from .defenses import batch_defense
+from .defenses import batch_defense, check_defenses
 from .trainset import training_data
 from .store import RunWriter, open_run, reopen_for_resume
 
@@ -134,8 +134,25 @@ def resume(path: str | Path, *, callbacks: Sequence[Callback] = (), progress: bo
     return _run_epochs(config, model, optimizer, poisoned, writer, device, callbacks, history, done, progress, path)
 
 
+def check_config(config: RunConfig) -> None:
+    """Refuse an unknown dataset, model, method, budget, task or defense in `config`, or a method
+    or defense parameter it does not take or of the wrong type: one clear error before anything
+    loads or a run file is written (the sweep planner checks every run of its grid with this)."""
+    from .poisons import list_budgets, resolve_params
+    if config.data.name not in list_datasets():
+        raise UnknownNameError("dataset", config.data.name, list_datasets())
+    if config.model.name not in list_models():
+        raise UnknownNameError("model", config.model.name, list_models())
+    resolve_params(config.poison.method, dict(config.poison.params))
+    if config.poison.budget not in list_budgets():
+        raise UnknownNameError("budget convention", config.poison.budget, list_budgets())
+    check_task_model(config.train.task, config.model.name)
+    check_defenses(config.train.defenses)
+
+
 def _setup(config: RunConfig, dataset: Dataset | None = None):
     """(device, the protected dataset, the freshly initialized model on the device, its optimizer)."""
+    check_config(config)
     device = compute_device(config.train.device)
     dataset = dataset if dataset is not None else load_dataset(config.data)
     # the task's inputs and targets: protected, defended images, targets from the clean data, clean test set

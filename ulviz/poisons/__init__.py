@@ -36,7 +36,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..config import PoisonConfig
+from ..config import PoisonConfig, checked_params
 from ..data import Dataset
 from ..errors import UlvizError, UnknownNameError
 
@@ -61,6 +61,7 @@ class Method:
     budget: str | None  # "linf", "l2", "l0" or None: which norm `check_budget` enforces
     budget_param: str | None  # the parameter that holds the budget
     summary: str  # one line: paper and idea
+    kinds: dict = field(default_factory=dict)  # the type of each parameter whose default is None (int, float, str)
 
 
 @dataclass
@@ -75,10 +76,17 @@ _METHODS: dict[str, Method] = {}
 
 
 def register(name: str, *, defaults: dict | None = None, budget: str | None = None,
-             budget_param: str | None = None, summary: str = ""):
-    """Add a method to the registry (see :class:`Method`)."""
+             budget_param: str | None = None, summary: str = "", kinds: dict | None = None):
+    """Add a method to the registry (see :class:`Method`). A parameter takes the type of its
+    default; `kinds` names the type of those whose default is None."""
+    defaults, kinds = dict(defaults or {}), dict(kinds or {})
+    untyped = sorted(k for k, v in defaults.items() if v is None and k not in kinds)
+    if untyped:  # a programming error in a method's registration, caught at import
+        raise TypeError(f"method {name!r}: give the type of {', '.join(untyped)} in kinds=")
+
     def deco(fn):
-        _METHODS[name] = Method(fn, dict(defaults or {}), budget, budget_param, summary or (fn.__doc__ or "").strip().split("\n")[0])
+        _METHODS[name] = Method(fn, defaults, budget, budget_param,
+                                summary or (fn.__doc__ or "").strip().split("\n")[0], kinds)
         return fn
     return deco
 
@@ -104,12 +112,10 @@ def protected_indices(n: int, ratio: float, seed: int) -> torch.Tensor:
 
 
 def resolve_params(name: str, params: dict, defaults: dict | None = None) -> dict:
-    """`defaults` (the method's own when None) updated with `params`; unknown parameters are refused."""
+    """`defaults` (the method's own when None) updated with `params`; unknown parameters and
+    values of the wrong type are refused."""
     method = method_info(name)
-    unknown = sorted(set(params) - set(method.defaults))
-    if unknown:
-        takes = ", ".join(method.defaults) or "no parameters"
-        raise UlvizError(f"method {name!r} does not take {', '.join(unknown)}; it takes {takes}")
+    checked_params(f"method {name!r}", params, method.defaults, method.kinds)
     return {**(method.defaults if defaults is None else defaults), **params}
 
 

@@ -45,7 +45,7 @@ def _per_sample(noise: torch.Tensor, dataset, indices, mode: str) -> torch.Tenso
     return noise[dataset.y_train[indices]] if mode == "class" else noise[indices]
 
 
-@register("import", defaults={"path": None}, summary="perturbations or poisoned images from a user's .npz")
+@register("import", defaults={"path": None}, kinds={"path": str}, summary="perturbations or poisoned images from a user's .npz")
 def imported(dataset, indices, g, params, ctx) -> Poison:
     """`path` is an .npz holding `x_train` (poisoned images, uint8 or float in [0, 1]) or `delta`
     (perturbations in [0, 1] units), one per training sample, same shape as the training set

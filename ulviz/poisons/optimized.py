@@ -26,6 +26,7 @@ from ..steps import evaluate, train_step
 from . import Poison, register
 
 _SURROGATE = {"surrogate": "cnn", "surrogate_width": None, "surrogate_lr": 0.1}
+_SURROGATE_KINDS = {"surrogate_width": int}
 
 
 def _surrogate(dataset, params, ctx, g, nesterov: bool = False):
@@ -149,6 +150,7 @@ _EM_DEFAULTS = {"eps": 8 / 255, "step": 0.8 / 255, "pgd_steps": None, "stop_erro
 
 
 @register("em", defaults=_EM_DEFAULTS, budget="linf", budget_param="eps",
+          kinds={"pgd_steps": int, "stop_error": float, **_SURROGATE_KINDS},
           summary="Huang et al., ICLR 2021: error-minimizing noise (min-min with a surrogate)")
 def em(dataset, indices, g, params, ctx) -> Poison:
     """Error-minimizing noise, as HanxunH/Unlearnable-Examples' perturbation.py with the README's
@@ -203,7 +205,7 @@ def _rem_defend(model, x, y, params, aug, g):
 @register("rem", defaults={"eps": 8 / 255, "step": 1.6 / 255, "pgd_steps": 10, "rho": 4 / 255, "rho_step": 0.8 / 255,
                            "rho_steps": 10, "samples": 5, "train_epochs": 12.8, "batch_size": 128, "augment": None,
                            **_SURROGATE},
-          budget="linf", budget_param="eps",
+          budget="linf", budget_param="eps", kinds={"augment": str, **_SURROGATE_KINDS},
           summary="Fu et al., ICLR 2022: robust error-minimizing noise (min-min-max)")
 def rem(dataset, indices, g, params, ctx) -> Poison:
     """As fshp971/robust-unlearnable-examples' generate_robust_em.py with its CIFAR-10 command:
@@ -253,7 +255,7 @@ def rem(dataset, indices, g, params, ctx) -> Poison:
 
 @register("tap", defaults={"eps": 8 / 255, "steps": 250, "step": 0.4 / 255, "restarts": 1, "train_epochs": 40,
                            "batch_size": 128, "attack_batch": 512, "augment": None, **_SURROGATE},
-          budget="linf", budget_param="eps",
+          budget="linf", budget_param="eps", kinds={"augment": str, **_SURROGATE_KINDS},
           summary="Fowl et al., NeurIPS 2021: targeted adversarial examples (class y -> y+1) as poisons")
 def tap(dataset, indices, g, params, ctx) -> Poison:
     """As lhfowl/adversarial_poisons with its README command: a crafting model trained from

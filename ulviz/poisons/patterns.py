@@ -12,6 +12,7 @@ from . import Poison, register
 
 
 @register("lsp", defaults={"eps": 6 / 255, "patch": None, "class_sep": 10.0}, budget="l2", budget_param="l2",
+          kinds={"patch": int},
           summary="Yu et al., KDD 2022: linearly separable synthetic patches, L2 = sqrt(d) * eps")
 def lsp(dataset, indices, g, params, ctx) -> Poison:
     """Synthetic noise from a linearly separable Gaussian mixture, as the original draws it with
@@ -91,7 +92,7 @@ def ops(dataset, indices, g, params, ctx) -> Poison:
                                "colours": {int(k): [colours[col].tolist() for col, _ in px] for k, px in chosen.items()}})
 
 
-@register("ar", defaults={"l2": None, "crop": 4}, budget="l2", budget_param="l2",
+@register("ar", defaults={"l2": None, "crop": 4}, budget="l2", budget_param="l2", kinds={"l2": float},
           summary="Sandoval-Segura et al., NeurIPS 2022: class-wise autoregressive noise, L2 budget")
 def ar(dataset, indices, g, params, ctx) -> Poison:
     """As the original: one AR process per class, each with a 3x3 causal window per channel whose
