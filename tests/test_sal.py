@@ -138,6 +138,9 @@ def test_bad_arguments():
         layer_sal(model, x)
     with pytest.raises(UlvizError, match="not a parameter"):
         layer_sal(model, (x, y), layers=["nope.weight"])
+    for bad in (dict(eps=0), dict(lr_min=-0.1), dict(lr_max=0), dict(iters=0), dict(batch_size=0)):
+        with pytest.raises(UlvizError, match="SAL needs eps > 0, lr_min > 0"):
+            layer_sal(model, (x, y), **bad)
 
 
 def test_sal_during_training_equals_post_hoc_and_resumes(tmp_path, monkeypatch):

@@ -88,8 +88,10 @@ def layer_sal(model: nn.Module, data, *, estimator: str = "exact", iters: int = 
     """
     if estimator not in ESTIMATORS:
         raise UnknownNameError("SAL estimator", estimator, list(ESTIMATORS))
-    if eps <= 0 or iters < 1 or steps < 1 or batch_size < 1:
-        raise UlvizError("SAL needs eps > 0, iters >= 1, steps >= 1 and batch_size >= 1")
+    if eps <= 0 or iters < 1 or steps < 1 or batch_size < 1 or not (lr_min > 0 and lr_max > 0):
+        # a step size of 0 or less would turn the descent copy uphill (or the ascent copy down)
+        # and give a wrong SAL without any other sign
+        raise UlvizError("SAL needs eps > 0, lr_min > 0, lr_max > 0, iters >= 1, steps >= 1 and batch_size >= 1")
     device = compute_device(device)
     # our own copy: the caller's model keeps its device, mode and weights whatever happens here
     net = copy.deepcopy(model).to(device).eval()
