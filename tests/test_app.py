@@ -155,6 +155,16 @@ def test_launch_a_tiny_run_from_the_home_page(tmp_path, monkeypatch):
     assert "tiny-job" in set(at.dataframe[0].value["name"])
 
 
+def test_launch_form_reports_a_bad_parameter_and_launches_nothing(tmp_path, monkeypatch):
+    at = _app("app.py", tmp_path, monkeypatch).run()
+    {w.label: w for w in at.selectbox}["Unlearnable method"].set_value("random")
+    {w.label: w for w in at.text_input}["Method parameters (key=value, comma-separated)"].set_value("eps=8/255")
+    _by_label(at.button, "Launch").click().run()
+    assert not at.exception and not at.success
+    assert any("eps must be a number, got '8/255'" in e.value for e in at.error), [e.value for e in at.error]
+    assert JobManager(tmp_path).jobs() == []
+
+
 def test_jobs_queue_cancel_and_refuse_escapes(tmp_path):
     jobs = JobManager(tmp_path, max_running=1)
     a = jobs.launch(replace(tiny_config(epochs=100_000), name="long"))  # never ends by itself

@@ -160,3 +160,5 @@ def test_launch_config_applies_the_recipe_and_checks_the_dataset_files(tmp_path,
         launch_config("x", "mnist", "lenet5", "clean", dataset_dir="nowhere")
     with pytest.raises(UlvizError, match="does not take"):
         launch_config("x", "digits", "lenet5", "random", params_text="bogus=1")
+    with pytest.raises(UlvizError, match="method 'random': eps must be a number, got '8/255'"):
+        launch_config("x", "digits", "lenet5", "random", params_text="eps=8/255")
