@@ -32,6 +32,18 @@ def test_errors_are_one_line_exit_2(tmp_path):
                            str(tmp_path / "x.h5"), "--quiet"], capture_output=True, text=True)
     assert proc.returncode == 2 and "--data-dir" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "x.h5").exists()
+    # a parameter of the wrong type: one line before any file is written, not a traceback midway
+    for flag, value, message in [("--poison-param", "eps=8/255", "method 'em': eps must be a number, got '8/255'"),
+                                 ("--defense", "mixup:alpha=abc", "defense 'mixup': alpha must be a number")]:
+        proc = subprocess.run([sys.executable, "-m", "ulviz.cli", "train", "--dataset", "synthetic", "--poison", "em",
+                               flag, value, "--out", str(tmp_path / "y.h5"), "--quiet"], capture_output=True, text=True)
+        assert proc.returncode == 2 and message in proc.stderr and proc.stderr.strip().count("\n") == 0, proc.stderr
+        assert not (tmp_path / "y.h5").exists()
+
+
+def test_list_names_the_type_of_parameters_without_a_default(capsys):
+    assert main(["list"]) == 0
+    assert "pgd_steps=None (int)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("unbuffered", ["1", ""])

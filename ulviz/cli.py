@@ -380,7 +380,8 @@ def _list(args) -> int:
     print("unlearnable methods:")
     for name in list_methods():
         m = method_info(name)
-        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in m.defaults.items())
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}=None ({m.kinds[k].__name__})" if v is None
+                           else f"{k}={v}" for k, v in m.defaults.items())
         print(f"  {name:7s} {m.summary}" + (f"\n          params: {params}" if params else ""))
     return 0
 

@@ -143,7 +143,7 @@ def checked_params(owner: str, params: dict, defaults: dict, kinds: dict | None 
     for key, value in params.items():
         default = defaults[key]
         kind = type(default) if default is not None else (kinds or {}).get(key)
-        if value is None and default is None or kind is None:
+        if (value is None and default is None) or kind is None:
             continue
         if not _is_kind(value, kind):
             raise UlvizError(f"{owner}: {key} must be {_KIND_NAMES.get(kind, kind.__name__)}, got {value!r}")
