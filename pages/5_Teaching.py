@@ -50,7 +50,9 @@ cols = st.columns(3)
 cols[0].metric("Clean-test accuracy, trained on clean data", f"{les.test_acc['clean'][-1]:.1%}")
 cols[1].metric("Clean-test accuracy, trained on poisoned data", f"{les.test_acc['poisoned'][-1]:.1%}",
                delta=f"{(les.test_acc['poisoned'][-1] - les.test_acc['clean'][-1]) * 100:+.1f} points")
-cols[2].metric("Best a linear model can do (expected, on clean data)", f"{best:.1%}")
+cols[2].metric("Best a linear model can do", f"{best:.1%}",
+               help="Expected accuracy on clean data of the best linear model (its weight along x1, the true "
+                    "feature, only), for this class separation and noise.")
 
 st.plotly_chart(plots.teaching_surfaces(les.w1, les.w2, les.surface, les.path, log_scale), width="stretch")
 st.caption(

@@ -44,6 +44,8 @@ if st.session_state.get("crosstask_probe") or st.button(
     st.caption("A logistic-regression head fitted on each frozen network's penultimate features of the clean training "
                "images, with their true classes, scored on the clean test images. High bars under a protection whose "
                "classification score collapsed mean the features still carry the classes.")
+if table["probe"].isna().all():  # not computed yet: no column of blanks
+    table = table.drop(columns="probe")
 st.dataframe(table, width="stretch", hide_index=True, column_config={
     c: st.column_config.NumberColumn(format="%.3f") for c in ("score", "ratio", "probe", "UD")})
 st.caption("score: the task's metric on clean test data (accuracy averaged over the last 4 epochs; IoU of the final "

@@ -67,5 +67,7 @@ def test_page(grid, monkeypatch):
     at = AppTest.from_file(str(ROOT / "pages/6_Cross_task.py"), default_timeout=120).run()
     assert not at.exception and not at.error
     assert len(at.get("plotly_chart")) == 1  # the heatmap at once; the probes only when asked
+    assert "probe" not in at.dataframe[0].value.columns  # no column of blanks before they are computed
     at = next(b for b in at.button if "linear probes" in b.label).click().run()
     assert not at.exception and len(at.get("plotly_chart")) == 2
+    assert at.dataframe[0].value["probe"].between(0, 1).all()
