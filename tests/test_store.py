@@ -120,3 +120,42 @@ def test_config_json_is_strict():
     from ulviz import UlvizError
     with pytest.raises(UlvizError, match="lrr"):
         RunConfig.from_dict(d)
+
+
+def _hold_open(path, mode: str, seconds: float) -> subprocess.Popen:
+    """Another process holding `path` open (and so HDF5's lock on it) for `seconds`; returns
+    once it has the file."""
+    code = textwrap.dedent(f"""
+        import sys, time, h5py
+        f = h5py.File({str(path)!r}, {mode!r})
+        print("open", flush=True)
+        time.sleep({seconds})
+        f.close()
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "open"
+    return proc
+
+
+def test_a_reader_in_another_process_does_not_make_a_writer_fail(tmp_path):
+    """A plain HDF5 reader holds a shared lock, a writer an exclusive one. The dashboard or a sweep
+    polling a run while a resume, a post-hoc SAL row or a landscape cache opens it for writing
+    used to make that write fail ("unable to lock file"), and a landscape cache was deleted."""
+    from ulviz.store import read_landscape, write_landscape_points
+    path = tmp_path / "r.h5"
+    train(tiny_config(epochs=1), path)
+    reader = _hold_open(path, "r", 1.0)
+    with open_for_update(path) as f:  # waits for the reader instead of failing
+        f.attrs["touched"] = 1
+    assert reader.wait(timeout=30) == 0
+    writer = _hold_open(path, "a", 1.0)
+    run = open_run(path)  # a reader waits for a writer too, rather than calling the file corrupt
+    assert run.status == "complete" and writer.wait(timeout=30) == 0
+    cache = tmp_path / "c.landscapes"
+    settings = {"kind": "line"}
+    write_landscape_points(cache, settings, [np.arange(3.0)], np.array([0]), np.array([1.0]), np.array([0.5]))
+    reader = _hold_open(cache, "r", 1.0)
+    write_landscape_points(cache, settings, [np.arange(3.0)], np.array([2]), np.array([3.0]), np.array([0.7]))
+    assert reader.wait(timeout=30) == 0
+    got = read_landscape(cache, settings)
+    assert got["done"].tolist() == [True, False, True] and got["loss"][[0, 2]].tolist() == [1.0, 3.0]

@@ -179,7 +179,7 @@ def test_a_worker_killed_mid_run_loses_only_that_run_s_unfinished_epoch(tmp_path
     assert state == "interrupted" and 3 <= kept < 25
     said = []
     rows = run_sweep(s, "local", say=said.append, poll_s=0.2)
-    assert [r["state"] for r in rows] == ["complete", "complete"] and f"resume {victim.name}" in said
+    assert [r["state"] for r in rows] == ["complete", "complete"] and f"resume {victim.name}" in said, said
     ref = train(victim.config, None).model.state_dict()  # uninterrupted
     got = open_run(victim.path).snapshot(-1)
     assert all(torch_equal(got[k], ref[k]) for k in ref)

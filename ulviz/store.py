@@ -64,6 +64,29 @@ def _version() -> str:
 
 # -- writing ---------------------------------------------------------------------------------
 
+LOCK_WAIT_S = 10.0  # how long an open waits out another process's hold on a file (seconds)
+
+
+def _h5file(path, mode: str, **kwargs) -> h5py.File:
+    """``h5py.File(path, mode)``, waiting while another process holds HDF5's lock on the file.
+
+    A plain reader holds a shared lock and a writer an exclusive one, each only for one read or
+    one appended row here. Without the wait, the dashboard or a sweep polling a run made a
+    resume or a post-hoc SAL row fail ("unable to lock file"), and a writer made a reader call
+    the file corrupt. A lock held past LOCK_WAIT_S is raised as it came."""
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            return h5py.File(path, mode, **kwargs)
+        except OSError as e:
+            if not _lock_busy(e) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.02)
+
+
+def _lock_busy(error: OSError | str) -> bool:
+    return "unable to lock file" in str(error)
+
 class RunWriter:
     """Appends epochs to a new run file. Use :meth:`create`, then :meth:`append_epoch` per epoch."""
 
@@ -78,7 +101,7 @@ class RunWriter:
         if path.exists() and not overwrite:
             raise RunFileError(path, "already exists; choose another --out or pass --overwrite")
         path.parent.mkdir(parents=True, exist_ok=True)
-        f = h5py.File(path, "w", libver="latest")
+        f = _h5file(path, "w", libver="latest")
         try:
             _init_layout(f, config, state, param_names, layer_names)
             f.swmr_mode = True
@@ -150,7 +173,7 @@ def reopen_for_resume(path: str | Path) -> tuple["RunWriter", int, bytes | None]
     with open_for_update(path):  # clears the crashed writer's flag, or refuses a live writer
         pass
     done = len(run.metrics) - 1
-    f = h5py.File(path, "a", libver="latest")
+    f = _h5file(path, "a", libver="latest")
     try:
         for name in METRICS:
             f["metrics"][name].resize(done + 1, axis=0)
@@ -243,14 +266,14 @@ def open_for_update(path: str | Path) -> Iterator[h5py.File]:
     path = Path(path)
     check_run_file(path)
     try:
-        f = h5py.File(path, "a")
+        f = _h5file(path, "a")
     except OSError as e:
         if "already open for write" not in str(e):
             raise RunFileError(path, f"cannot open for writing ({e})") from None
         if writer_alive(path):
             raise RunFileError(path, "is still being written by a running job; wait until it ends") from None
         _rewrite_closed(path)
-        f = h5py.File(path, "a")
+        f = _h5file(path, "a")
     try:
         yield f
     finally:
@@ -398,10 +421,12 @@ def _open_landscape_cache(path: str | Path) -> Iterator[h5py.File]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        f = h5py.File(path, "a")
-    except OSError:
+        f = _h5file(path, "a")
+    except OSError as e:
+        if _lock_busy(e):  # in use, not damaged: never delete it for that
+            raise RunFileError(path, f"is held by another process ({e})") from None
         path.unlink(missing_ok=True)
-        f = h5py.File(path, "a")
+        f = _h5file(path, "a")
     try:
         yield f
     finally:
@@ -516,11 +541,13 @@ def _open_for_reading(path: Path, attempts: int = 20) -> h5py.File:
     file"): that is retried for about a second before the file is called truncated."""
     for attempt in range(attempts):
         try:
-            return h5py.File(path, "r")
+            return _h5file(path, "r")
         except OSError as e:
             message = str(e)
         if "already open for write" in message:
             return _open_swmr_read(path)
+        if _lock_busy(message):
+            raise RunFileError(path, f"is held by another process for longer than {LOCK_WAIT_S:.0f} s ({message})")
         if "truncated file" not in message or attempt == attempts - 1:
             raise RunFileError(path, f"cannot be opened as HDF5 (truncated or corrupt?): {message}")
         try:
@@ -756,7 +783,7 @@ def read_tables(path: str | Path, kind: str) -> tuple[dict[str, pd.DataFrame], s
     """The tables of a `kind` summary file and its note; a clear error for anything else."""
     path = check_run_file(path)
     try:
-        with h5py.File(path, "r") as f:
+        with _h5file(path, "r") as f:
             if _as_str(f.attrs.get("schema", "")) != TABLES_SCHEMA or _as_str(f.attrs.get("kind", "")) != kind:
                 raise RunFileError(path, f"is not a ulviz {kind} summary file")
             tables = {}
