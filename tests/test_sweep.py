@@ -41,7 +41,6 @@ def test_expansion_names_count_and_dotted_fields(tmp_path):
     r = s.runs[3]
     assert r.config.poison.method == "random" and r.config.train.seed == 1 and r.config.name == r.name
     assert r.config.train.epochs == 2 and r.config.model.width == 16  # the base is kept
-    # (clean takes no eps: a grid that gives it one is refused, see test_bad_sweep_files_are_named_clearly)
     deep = _sweep(tmp_path, SWEEP.replace('"train.seed" = [0, 1]', '"poison.params.eps" = [0.1, 0.25]\n"poison.seed" = [3]')
                   .replace('["clean", "random"]', '["em", "random"]')
                   .replace('data = { name = "synthetic" }', 'data = { name = "npz", data_dir = "d/x.npz" }'))
@@ -61,6 +60,25 @@ def test_expansion_names_count_and_dotted_fields(tmp_path):
     assert [r.name for r in _sweep(tmp_path).runs] == [r.name for r in s.runs]
 
 
+def test_a_parameter_axis_skips_the_methods_that_do_not_take_it(tmp_path):
+    """clean x em x eps x seed: one clean run per seed, the clean twin of every em run (UD needs
+    it), instead of a clean run per eps that could not start."""
+    from ulviz.ud import _clean_twin_key
+    s = _sweep(tmp_path, SWEEP.replace('"poison.method" = ["clean", "random"]',
+                                       '"poison.method" = ["clean", "random", "ops"]\n"poison.params.eps" = [0.01, 0.02]'))
+    names = [r.name for r in s.runs]
+    assert names == ["method-clean_seed-0", "method-clean_seed-1",
+                     "method-random_eps-0.01_seed-0", "method-random_eps-0.01_seed-1",
+                     "method-random_eps-0.02_seed-0", "method-random_eps-0.02_seed-1",
+                     "method-ops_seed-0", "method-ops_seed-1"]
+    by = {r.name: r.config for r in s.runs}
+    assert by["method-clean_seed-0"].poison.params == {} and by["method-ops_seed-1"].poison.params == {}
+    assert by["method-random_eps-0.02_seed-1"].poison.params == {"eps": 0.02}
+    for name, config in by.items():  # every protected run finds its clean twin of the same seed
+        twin = by[f"method-clean_seed-{config.train.seed}"]
+        assert _clean_twin_key(config) == _clean_twin_key(twin), name
+
+
 @pytest.mark.parametrize("text, message", [
     ("out = 'x'\n[axes]\n'poison.methd' = ['clean']", "unknown field"),
     ("out = 'x'\n[axes]\n'poison.method' = []", "non-empty list"),
@@ -72,8 +90,9 @@ def test_expansion_names_count_and_dotted_fields(tmp_path):
     ("out = 'x'\n[axes]\n'name' = ['a b', 'a-b']", "same name"),
     # registry names and parameters are checked at plan time, not when a run starts
     ("out = 'x'\n[axes]\n'model.name' = ['lenet5', 'resnet99']", "run name-resnet99: unknown model 'resnet99'"),
-    ("out = 'x'\n[axes]\n'poison.method' = ['clean', 'em']\n'poison.params.eps' = [0.1]",
-     "run method-clean_eps-0.1: method 'clean' does not take eps; it takes no parameters"),
+    # a parameter no method of the grid takes is a typo, not something to drop
+    ("out = 'x'\n[axes]\n'poison.method' = ['clean', 'em']\n'poison.params.esp' = [0.1]",
+     "run method-clean_esp-0.1: method 'clean' does not take esp; it takes no parameters"),
     ("out = 'x'\n[base]\npoison = { method = 'em' }\n[axes]\n'poison.params.eps' = [0.1, 'abc']",
      "run eps-abc: method 'em': eps must be a number"),
     ("out = 'x'\n[axes]\n'train.defenses' = [[{ name = 'cutout', params = { width = 4 } }]]",

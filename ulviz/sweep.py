@@ -107,29 +107,70 @@ def _resolve_data_dir(base: dict, folder: Path) -> dict:
 
 def expand(base: dict, axes: dict, out: Path) -> list[PlannedRun]:
     """Every combination of the axes values set on `base`, named from the values; each run's
-    registry names and method and defense parameters checked (training.check_config)."""
+    registry names and method and defense parameters checked (training.check_config).
+
+    A method parameter that some method of the grid takes is left out of the runs of the methods
+    that do not take it, and out of their names: crossing ``poison.method = ["clean", "em"]`` with
+    ``poison.params.eps`` plans one clean run per seed (the clean twin of every em run) instead of
+    refusing the grid. Runs that become the same that way are planned once. A parameter no method
+    of the grid takes is still refused, so a typo is not dropped silently."""
     from .training import check_config
 
     fields = list(axes)
     keys = _name_keys(fields)
-    runs, names = [], {}
-    for combo in itertools.product(*(axes[f] for f in fields)):
-        values = dict(zip(fields, combo))
-        d = json.loads(json.dumps(base))  # a deep copy
-        for field, value in values.items():
-            _set_dotted(d, field, value)
+    combos = [dict(zip(fields, combo)) for combo in itertools.product(*(axes[f] for f in fields))]
+    docs = [_with_values(base, values) for values in combos]
+    taken = _params_taken({_method(d) for d in docs})
+    runs, planned = [], {}
+    for values, d in zip(combos, docs):
+        values = _without_untaken(d, values, taken)
         name = safe_name(_values_name(keys, values), 120)
-        if name in names:
-            raise UlvizError(f"runs {names[name]} and {values} get the same name {name!r}; make the axes values distinct")
-        names[name] = values
         d["name"] = name
         try:
             config = _with_recipe(RunConfig.from_dict(d), d.get("train", {}))
             check_config(config)
         except (UlvizError, TypeError) as e:
             raise UlvizError(f"run {name}: {e}") from None
+        if name in planned:
+            if planned[name] == (values, config):  # a method that ignores an axis: the same run again
+                continue
+            raise UlvizError(f"runs {planned[name][0]} and {values} get the same name {name!r}; make the axes values distinct")
+        planned[name] = values, config
         runs.append(PlannedRun(name, out / f"{name}.h5", config, values))
     return runs
+
+
+def _with_values(base: dict, values: dict) -> dict:
+    d = json.loads(json.dumps(base))  # a deep copy
+    for field, value in values.items():
+        _set_dotted(d, field, value)
+    return d
+
+
+def _method(d: dict) -> str:
+    poison = d.get("poison")
+    return poison.get("method", "clean") if isinstance(poison, dict) else "clean"
+
+
+def _params_taken(methods: set) -> set:
+    """The parameters at least one of `methods` takes (unknown names are check_config's to refuse)."""
+    from .poisons import list_methods, method_info
+    return {k for m in methods if isinstance(m, str) and m in list_methods() for k in method_info(m).defaults}
+
+
+def _without_untaken(d: dict, values: dict, taken: set) -> dict:
+    """Drop from `d` the method parameters its method does not take but another method of the
+    grid does; returns `values` without the axes of the dropped ones (for the run's name)."""
+    from .poisons import list_methods, method_info
+    poison, method = d.get("poison"), _method(d)
+    if not isinstance(poison, dict) or not isinstance(poison.get("params"), dict) or method not in list_methods():
+        return values
+    takes = set(method_info(method).defaults)
+    dropped = {k for k in poison["params"] if k not in takes and k in taken}
+    if not dropped:
+        return values
+    poison["params"] = {k: v for k, v in poison["params"].items() if k not in dropped}
+    return {f: v for f, v in values.items() if not (f.startswith("poison.params.") and f[len("poison.params."):] in dropped)}
 
 
 def _with_recipe(config: RunConfig, train: dict) -> RunConfig:
