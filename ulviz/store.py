@@ -62,7 +62,7 @@ def _version() -> str:
     return __version__
 
 
-# -- writing ---------------------------------------------------------------------------------
+# -- opening ---------------------------------------------------------------------------------
 
 LOCK_WAIT_S = 10.0  # how long an open waits out another process's hold on a file (seconds)
 
@@ -86,6 +86,9 @@ def _h5file(path, mode: str, **kwargs) -> h5py.File:
 
 def _lock_busy(error: OSError | str) -> bool:
     return "unable to lock file" in str(error)
+
+
+# -- writing ---------------------------------------------------------------------------------
 
 class RunWriter:
     """Appends epochs to a new run file. Use :meth:`create`, then :meth:`append_epoch` per epoch."""
