@@ -456,7 +456,7 @@ def _inplace_relus(rest: nn.Sequential, first_is_ours: bool) -> None:
     """ReLU stages of our private copy in place where their input is a fresh tensor of ours: the
     output of a layer, or the first stage's input when that is our scratch buffer (not when it is
     the shared output of the unperturbed stages, which every point reads)."""
-    fresh = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+    fresh = (*_LAYERS, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
     for i, stage in enumerate(rest):
         if isinstance(stage, nn.ReLU) and (isinstance(rest[i - 1], fresh) if i else first_is_ours):
             stage.inplace = True
