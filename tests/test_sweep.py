@@ -90,6 +90,8 @@ def test_a_parameter_axis_skips_the_methods_that_do_not_take_it(tmp_path):
     ("out = 'x'\n[axes]\n'name' = ['a b', 'a-b']", "same name"),
     # registry names and parameters are checked at plan time, not when a run starts
     ("out = 'x'\n[axes]\n'model.name' = ['lenet5', 'resnet99']", "run name-resnet99: unknown model 'resnet99'"),
+    ("out = 'x'\n[base]\npoison = { method = { a = 1 } }\n[axes]\n'train.seed' = [0]",
+     "run seed-0: unknown unlearnable method"),
     # a parameter no method of the grid takes is a typo, not something to drop
     ("out = 'x'\n[axes]\n'poison.method' = ['clean', 'em']\n'poison.params.esp' = [0.1]",
      "run method-clean_esp-0.1: method 'clean' does not take esp; it takes no parameters"),

@@ -147,15 +147,17 @@ def _with_values(base: dict, values: dict) -> dict:
     return d
 
 
-def _method(d: dict) -> str:
+def _method(d: dict) -> str | None:
+    """The run's method name, None where it is not a string (check_config refuses it)."""
     poison = d.get("poison")
-    return poison.get("method", "clean") if isinstance(poison, dict) else "clean"
+    method = poison.get("method", "clean") if isinstance(poison, dict) else "clean"
+    return method if isinstance(method, str) else None
 
 
 def _params_taken(methods: set) -> set:
     """The parameters at least one of `methods` takes (unknown names are check_config's to refuse)."""
     from .poisons import list_methods, method_info
-    return {k for m in methods if isinstance(m, str) and m in list_methods() for k in method_info(m).defaults}
+    return {k for m in methods if m in list_methods() for k in method_info(m).defaults}
 
 
 def _without_untaken(d: dict, values: dict, taken: set) -> dict:

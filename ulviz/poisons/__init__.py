@@ -97,7 +97,7 @@ def list_methods() -> list[str]:
 
 
 def method_info(name: str) -> Method:
-    if name not in _METHODS:
+    if not isinstance(name, str) or name not in _METHODS:
         raise UnknownNameError("unlearnable method", name, list_methods())
     return _METHODS[name]
 
