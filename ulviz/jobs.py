@@ -93,16 +93,16 @@ def launch_config(name: str, dataset: str, model: str, method: str, *, params_te
                   lr: float | None = None, batch_size: int | None = None, augment: str | None = None,
                   dataset_dir: str = "", train_limit: int | None = None) -> RunConfig:
     """The RunConfig of the dashboard's launch form, checked before any job starts: the name made
-    file-safe, the method's parameters ("key=value, ...") known to it, the recipe (None = the
+    file-safe, the whole config as training checks it (training.check_config: the method's
+    parameters, "key=value, ...", known to it and of their types), the recipe (None = the
     dataset's default) resolved with the explicit overrides (None = the recipe's value), and the
     dataset's files, for a local-file dataset, found and made absolute (a job runs in the data
     directory, where a relative path would point elsewhere)."""
     from .config import DataConfig, ModelConfig, PoisonConfig, SALConfig, TrainConfig, parse_param
-    from .poisons import resolve_params
     from .recipes import apply_recipe, default_recipe
+    from .training import check_config
 
     params = dict(parse_param(item) for item in params_text.split(",") if item.strip())
-    resolve_params(method, params)  # unknown parameters refused here, not in the job
     files = None
     if dataset not in BUILT_IN_DATASETS:
         if not dataset_dir.strip():
@@ -112,10 +112,12 @@ def launch_config(name: str, dataset: str, model: str, method: str, *, params_te
             raise UlvizError(f"{dataset_dir}: no such directory or file (dataset {dataset!r})")
     train = apply_recipe(TrainConfig(epochs=int(epochs), seed=int(seed), device="auto"),
                          recipe or default_recipe(dataset), dataset, lr=lr, batch_size=batch_size, augment=augment)
-    return RunConfig(name=safe_name(name), data=DataConfig(dataset, None if files is None else str(files),
-                                                           train_limit=train_limit or None),
-                     model=ModelConfig(model), poison=PoisonConfig(method, float(ratio), int(seed), params),
-                     train=train, sal=SALConfig(estimator=sal))
+    config = RunConfig(name=safe_name(name), data=DataConfig(dataset, None if files is None else str(files),
+                                                             train_limit=train_limit or None),
+                       model=ModelConfig(model), poison=PoisonConfig(method, float(ratio), int(seed), params),
+                       train=train, sal=SALConfig(estimator=sal))
+    check_config(config)  # what the job would refuse at its start, refused here instead
+    return config
 
 
 @dataclass
