@@ -53,12 +53,17 @@ def study(tmp_path_factory):
 def test_home_lists_runs_and_reports_bad_files(tmp_path, monkeypatch):
     train(tiny_config(epochs=1), tmp_path / "good.h5")
     (tmp_path / "broken.h5").write_bytes(b"not hdf5")
+    # a summary file ulviz wrote (the Defenses page's) is not a run, nor an error to report
+    import pandas as pd
+    from ulviz.store import write_tables
+    write_tables(tmp_path / "studies" / "defenses.h5", "defense-study", {"t": pd.DataFrame({"a": [1]})})
     at = _app("app.py", tmp_path, monkeypatch).run()
     assert not at.exception
     table = at.dataframe[0].value
     assert set(table["status"]) == {"complete", "unreadable"}
     assert any("broken.h5" in e.value and "not an HDF5 file" in e.value for e in at.error)
     assert sum("broken.h5" in e.value for e in at.error) == 1
+    assert len(at.error) == 1 and len(table) == 2  # the summary file neither listed nor reported
     assert len(_charts(at)) == 1  # accuracy curves of the readable run
 
 

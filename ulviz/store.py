@@ -667,13 +667,24 @@ def _json_attr(obj, key: str) -> list:
 
 
 def find_runs(directory: str | Path) -> list[Path]:
-    """Run files (*.h5) under `directory`, outside hidden folders, sorted by path."""
+    """Run files (*.h5) under `directory`, outside hidden folders, sorted by path. ulviz's own
+    summary files (:func:`write_tables`, such as the bundled data/studies/defenses-cifar10.h5) are
+    not runs and are left out; anything else unreadable stays in, for the caller to report."""
     d = Path(directory).expanduser()
     if not d.is_dir():
         return []
     # hidden folders (.jobs, .cache, a .venv) hold no runs of the user's, but may hold HDF5 files
     return sorted(p for p in d.rglob("*.h5")
-                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(d).parts))
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(d).parts)
+                  and not _is_tables_file(p))
+
+
+def _is_tables_file(path: Path) -> bool:
+    try:
+        with _reader(path) as f:
+            return _as_str(f.attrs.get("schema", "")) == TABLES_SCHEMA
+    except (RunFileError, OSError):
+        return False
 
 
 def runs_table(paths: list[Path]) -> pd.DataFrame:
