@@ -49,5 +49,5 @@ if table["probe"].isna().all():  # not computed yet: no column of blanks
 st.dataframe(table, width="stretch", hide_index=True, column_config={
     c: st.column_config.NumberColumn(format="%.3f") for c in ("score", "ratio", "probe", "UD")})
 st.caption("score: the task's metric on clean test data (accuracy averaged over the last 4 epochs; IoU of the final "
-           "weights for segment); ratio: to the clean run of the same task; probe: linear-probe accuracy; UD: against "
-           "the clean run of the same task, where both have SAL.")
+           "weights for segment); ratio: to the clean run of the same task, dataset and model (none without one); "
+           "probe: linear-probe accuracy; UD: against that clean run, where both have SAL.")

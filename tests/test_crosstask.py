@@ -42,6 +42,21 @@ def test_table_ratios_probe_and_ud_per_task(grid):
         assert 0 <= table.loc[(task, "random"), "probe"] <= 1
 
 
+def test_a_run_on_other_data_is_not_compared_with_this_clean_run(grid, tmp_path):
+    """A digits run beside the synthetic grid (same task, model and layer names) has no clean run
+    of its own data: no ratio, no UD, and the grid's own figures do not change."""
+    from ulviz import train
+    d, _, paths = grid
+    other = replace(tiny_config(epochs=2), name="digits-random", data=DataConfig("digits"),
+                    poison=PoisonConfig("random"), sal=SALConfig(estimator="fast", subset=100))
+    train(other, tmp_path / "digits-random.h5")
+    alone = crosstask_table(paths, probe=False)
+    mixed = crosstask_table([*paths, tmp_path / "digits-random.h5"], probe=False)
+    row = mixed.set_index("label").loc["digits-random"]
+    assert np.isnan(row["ratio"]) and np.isnan(row["UD"]) and np.isfinite(row["score"])
+    assert mixed.iloc[:len(alone)][["ratio", "UD"]].equals(alone[["ratio", "UD"]])
+
+
 def test_segment_score_is_the_iou_of_the_final_weights(tmp_path):
     from ulviz import train
     from ulviz.landscape import run_data, run_model

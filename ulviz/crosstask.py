@@ -85,8 +85,10 @@ def final_iou(run) -> float:
 
 
 def crosstask_table(paths: Iterable[str | Path], probe: bool = True) -> pd.DataFrame:
-    """One row per run: method, task, metric, score, ratio to the clean run of its task, probe
-    accuracy and UD against that clean run (NaN where the run or its clean run has no SAL)."""
+    """One row per run: method, task, metric, score, ratio to the clean run of its task (trained on
+    the same dataset with the same model: a digits run is not compared with a CIFAR-10 clean run),
+    probe accuracy and UD against that clean run (NaN where the run or its clean run has no SAL, or
+    where it has no such clean run)."""
     from .probe import linear_probe
     from .store import open_run, run_labels
     from .ud import group_ud
@@ -97,16 +99,17 @@ def crosstask_table(paths: Iterable[str | Path], probe: bool = True) -> pd.DataF
         metric, score = task_score(run)
         rows.append({"run": label, "method": run.config.poison.method, "label": run.name,
                      "task": run.config.train.task, "metric": metric,
+                     "_reference": (run.config.train.task, run.config.data.name, run.config.model.name),
                      "score": score, "probe": linear_probe(run.path).test_acc if probe else np.nan, "_run": run})
     table = pd.DataFrame(rows)
     if table.empty:
         return table
     table["ratio"], table["UD"] = np.nan, np.nan
-    for task, group in table.groupby("task"):
+    for _, group in table.groupby("_reference"):
         clean, result, _ = group_ud({i: table.at[i, "_run"] for i in group.index})
         if clean is None:
             continue
         table.loc[group.index, "ratio"] = group["score"] / table.at[clean, "score"]
         for i, ud in (result.ud.items() if result is not None else ()):
             table.at[i, "UD"] = ud
-    return table.drop(columns="_run")[["run", "label", "method", "task", "metric", "score", "ratio", "probe", "UD"]]
+    return table[["run", "label", "method", "task", "metric", "score", "ratio", "probe", "UD"]]
