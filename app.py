@@ -42,6 +42,8 @@ else:
     table = runs_table(paths)
     if len(table):
         table.insert(0, "run", [label_of.get(f, "") for f in table["file"]])
+        if not table["error"].astype(bool).any():  # each unreadable file has its error box above
+            table = table.drop(columns="error")
     st.dataframe(table, width="stretch", hide_index=True)
     hidden = len(all_paths) - len(paths)
     st.caption("One row per run file: its label on every page, unlearnable method, model, dataset, epochs done, "

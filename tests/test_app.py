@@ -64,6 +64,7 @@ def test_home_lists_runs_and_reports_bad_files(tmp_path, monkeypatch):
     assert any("broken.h5" in e.value and "not an HDF5 file" in e.value for e in at.error)
     assert sum("broken.h5" in e.value for e in at.error) == 1
     assert len(at.error) == 1 and len(table) == 2  # the summary file neither listed nor reported
+    assert "error" in table.columns  # the broken file's error is in its row
     assert len(_charts(at)) == 1  # accuracy curves of the readable run
 
 
@@ -76,7 +77,9 @@ def test_home_with_no_runs(tmp_path, monkeypatch):
 def test_every_page_on_the_bundled_demo(page, monkeypatch, tmp_path):
     if not (DEMO / "clean.h5").exists():
         pytest.skip("no bundled demo")
-    shutil.copytree(DEMO, tmp_path / "demo")  # a copy laid out as data/demo is in a checkout
+    shutil.copytree(DEMO, tmp_path / "demo")  # a copy laid out as data/ is in a checkout
+    if (DEMO.parent / "studies").is_dir():  # with the bundled summary files beside the runs
+        shutil.copytree(DEMO.parent / "studies", tmp_path / "studies")
     files = sorted((tmp_path / "demo").glob("*.h5"))
     before = {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
     at = _app(page, tmp_path, monkeypatch).run()
