@@ -3,7 +3,7 @@ import streamlit as st
 
 from ulviz import plots, ui
 from ulviz.sal import describe_sal
-from ulviz.ud import seed_summary, seed_table, study_ud
+from ulviz.ud import seed_summary, seed_table, study_ud, summary_text
 
 ui.page("Unlearnable Distance",
         "UD = the number of learnable layers per epoch of a protected run divided by the clean reference's (Ye, "
@@ -63,6 +63,8 @@ if seeds is not None and len(seeds) and seeds.groupby("variant")["seed"].nunique
     st.caption("Runs that differ only in their training seed are grouped (their name without the seed). Each run's UD "
                "is taken against the clean run with the same seed and settings, so the spread is the seeds', not "
                "the reference's. Runs without such a clean run, or without SAL, have no UD here.")
-    st.dataframe(summary, width="stretch", hide_index=True, column_config={
-        c: st.column_config.NumberColumn(format="%.3f") for c in ("accuracy_mean", "accuracy_std", "UD_mean", "UD_std")})
+    st.dataframe(summary_text(summary), width="stretch", hide_index=True)
+    st.caption("Mean over seeds [95% t interval]. Accuracy on clean test data read three ways: at the last epoch, "
+               "the mean of the last 4 trained epochs, and the best epoch; ratio_last divides by the clean twin's. "
+               "The CSV has every reading with its interval and standard deviation.")
     st.download_button("Download the seed summary (CSV)", summary.to_csv(index=False), "ud-seeds.csv", "text/csv")

@@ -58,7 +58,7 @@ def test_bundled_demo_is_the_cifar_study_and_complete():
         assert np.isfinite(run.sal["sal"]).all()
         kinds = {s["kind"] for s in cached_landscapes(run.path) if s["complete"] == 1.0}
         assert {"plane", "line", "interp"} <= kinds, config.name
-        acc[config.name] = run.metrics["test_acc"].iloc[-4:].mean()  # the recipe's constant lr makes epochs noisy
+        acc[config.name] = run.metrics["test_acc"].iloc[1:].iloc[-4:].mean()  # the recipe's constant lr makes epochs noisy
     # the paper's story: the methods cut the clean-test accuracy (mean of the last 4 epochs),
     # random noise does not; ops, cuda and rem are learned later or less at this budget
     assert acc["clean"] >= 0.4

@@ -154,7 +154,7 @@ def test_local_sweep_in_parallel_then_rerun_is_a_no_op(tmp_path):
     rand = table[table.method == "random"]
     row = summary[summary.method == "random"].iloc[0]
     assert row.seeds == 2 and row.variant == "method-random" and row.UD_mean == pytest.approx(rand["UD"].mean())
-    assert row.UD_std == pytest.approx(rand["UD"].std()) and row.accuracy_std == pytest.approx(rand["accuracy"].std())
+    assert row.UD_std == pytest.approx(rand["UD"].std()) and row.acc_last_std == pytest.approx(rand["acc_last"].std())
 
 
 def torch_equal(a, b):

@@ -162,3 +162,63 @@ def test_study_ud_reference_choice_and_runs_without_sal(tmp_path):
     # the threshold is the reference's: choosing the other clean run changes the numbers
     assert other.result.threshold != first.result.threshold
     assert other.sal_epochs()[other.table["run"][0]] == [1, 2]
+
+
+# -- accuracy three ways and intervals over seeds -------------------------------------------------
+
+def _metrics(test_acc):
+    import pandas as pd
+    return pd.DataFrame({"epoch": range(len(test_acc)), "test_acc": test_acc})
+
+
+def test_accuracy_never_counts_the_untrained_epoch_0():
+    from ulviz.accuracy import accuracy_summary
+    # the sweep's case: a 3-epoch run, epoch 0 at chance; the old "last 4 rows" mean read 0.77
+    s = accuracy_summary(_metrics([0.1, 1.0, 0.96, 0.985]), k=4)
+    assert s.epochs == 3 and s.final == 0.985 and s.peak == 1.0
+    assert s.last_k == pytest.approx((1.0 + 0.96 + 0.985) / 3)
+    s = accuracy_summary(_metrics([0.1, 0.2, 0.5, 0.4, 0.6, 0.3]), k=2)
+    assert s.last_k == pytest.approx(0.45) and s.peak == 0.6 and s.final == 0.3
+    none = accuracy_summary(_metrics([0.1]))
+    assert none.epochs == 0 and np.isnan(none.final) and np.isnan(none.last_k) and np.isnan(none.peak)
+    with pytest.raises(ValueError):
+        accuracy_summary(_metrics([0.1, 0.2]), k=0)
+
+
+def test_mean_interval_against_hand_computation():
+    from ulviz.ud import mean_interval
+    # [1, 2, 3]: mean 2, sample std 1; t(0.975, 2 dof) = 4.302652729911275 (tables)
+    mean, lo, hi = mean_interval([1.0, 2.0, 3.0, np.nan])
+    assert mean == 2.0 and hi - mean == pytest.approx(4.302652729911275 / np.sqrt(3))
+    assert mean - lo == pytest.approx(hi - mean)
+    assert mean_interval([0.7]) == (0.7, 0.7, 0.7)
+    assert all(np.isnan(v) for v in mean_interval([np.nan]))
+    # a 90% interval is narrower: t(0.95, 2) = 2.919985580353726
+    assert mean_interval([1.0, 2.0, 3.0], 0.9)[2] - 2 == pytest.approx(2.919985580353726 / np.sqrt(3))
+
+
+def test_seed_table_and_summary_three_accuracies_against_the_run_files(tmp_path, capsys):
+    from ulviz import open_run
+    from ulviz.accuracy import accuracy_summary
+    from ulviz.ud import seed_summary, seed_table
+    p = _sal_runs(tmp_path, [("clean-s0", "clean", 0), ("clean-s1", "clean", 1), ("clean-s2", "clean", 2),
+                             ("noise-s0", "random", 0), ("noise-s1", "random", 1), ("noise-s2", "random", 2)])
+    table = seed_table(list(p.values()))
+    for _, row in table.iterrows():
+        m = open_run(row.path).metrics
+        trained = m[m.epoch >= 1].test_acc.to_numpy()
+        assert row.acc_final == trained[-1] and row.acc_peak == trained.max()
+        assert row.acc_last == pytest.approx(trained[-4:].mean())
+        twin = p[f"clean-s{row.seed}"]
+        assert row.reference == "clean" and row.ratio_last == pytest.approx(
+            row.acc_last / accuracy_summary(open_run(twin).metrics).last_k)
+    summary = seed_summary(table)
+    noise = summary[summary.method == "random"].iloc[0]
+    v = table[table.method == "random"]["UD"].to_numpy()
+    half = 4.302652729911275 * v.std(ddof=1) / np.sqrt(3)
+    assert noise.seeds == 3 and noise.UD_mean == pytest.approx(v.mean())
+    assert noise.UD_hi == pytest.approx(v.mean() + half) and noise.UD_lo == pytest.approx(v.mean() - half)
+    assert summary[summary.method == "clean"].iloc[0].UD_mean == pytest.approx(1.0)
+    assert main(["ud", *p.values(), "--clean", p["clean-s0"]]) == 0
+    out = capsys.readouterr().out
+    assert "over seeds" in out and "95% t interval" in out

@@ -317,7 +317,7 @@ def _probe(args) -> int:
 
 
 def _ud(args) -> int:
-    from .ud import choose_clean, load_sal_source, ud_table
+    from .ud import choose_clean, load_sal_source, seed_summary, seed_table, summary_text, ud_table
 
     sources = [load_sal_source(p) for p in args.runs]
     clean = choose_clean(sources, args.clean)
@@ -327,6 +327,10 @@ def _ud(args) -> int:
         print(f"warning: {w}", file=sys.stderr)
     print(f"threshold {result.threshold:.6f}   clean learnable layers per epoch {result.clean_count:.3f}")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    seeds = seed_table(args.runs)
+    if len(seeds) and seeds.groupby("variant")["seed"].nunique().max() > 1:
+        print("\nover seeds, each run against its clean twin (same config and seed), mean [95% t interval]:")
+        print(summary_text(seed_summary(seeds)).to_string(index=False))
     if args.csv:
         table.to_csv(args.csv, index=False)
     if args.json:
@@ -467,6 +471,7 @@ def _sigterm(signum, frame):
 
 def _sweep(args) -> int:
     from .sweep import load_sweep, run_sweep, status_line, sweep_status, sweep_ud
+    from .ud import summary_text
 
     sweep = load_sweep(args.file)
     if args.dry_run:
@@ -486,8 +491,9 @@ def _sweep(args) -> int:
     if len(table):
         table.to_csv(sweep.out / "ud.csv", index=False)
         summary.to_csv(sweep.out / "ud-summary.csv", index=False)
-        print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-        print(f"tables: {sweep.out / 'ud.csv'} (per run), {sweep.out / 'ud-summary.csv'} (mean and spread over seeds)")
+        print(summary_text(summary).to_string(index=False))
+        print("mean over seeds [95% t interval]; acc_last: mean of the last 4 trained epochs; ratio: to the clean twin")
+        print(f"tables: {sweep.out / 'ud.csv'} (per run), {sweep.out / 'ud-summary.csv'} (mean, interval, std over seeds)")
     return 0 if all(r["state"] == "complete" for r in rows) else 1
 
 

@@ -16,10 +16,9 @@ from typing import Callable, Iterable
 import numpy as np
 import pandas as pd
 
+from .accuracy import LAST_K, accuracy_summary
 from .config import PoisonConfig, RunConfig
 from .errors import UlvizError
-
-LAST = 4  # epochs averaged for a run's score: the paper recipe's constant lr makes single epochs noisy
 
 
 def grid_configs(base: RunConfig, methods: dict[str, PoisonConfig], tasks: Iterable[str]) -> dict[str, RunConfig]:
@@ -69,7 +68,7 @@ def task_score(run) -> tuple[str, float]:
     task = get_task(run.config.train.task)
     if task.metric == "IoU":
         return "IoU", final_iou(run)
-    return "accuracy", float(run.metrics["test_acc"].iloc[-LAST:].mean())
+    return "accuracy", accuracy_summary(run.metrics, LAST_K).last_k
 
 
 def final_iou(run) -> float:

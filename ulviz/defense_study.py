@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .config import PoisonConfig, RunConfig
-from .crosstask import LAST
+from .accuracy import LAST_K, accuracy_summary
 from .defenses import get_defense
 
 NONE = "none"  # the label of training without any defense
@@ -77,7 +77,7 @@ def defense_study(paths: Iterable[str | Path]) -> DefenseStudy:
 
     runs = [open_run(p) for p in paths]
     rows = [{"method": r.name, "defense": defense_label(list(r.config.train.defenses)),
-             "accuracy": float(r.metrics["test_acc"].iloc[-LAST:].mean()), "run": str(r.path)} for r in runs]
+             "accuracy": accuracy_summary(r.metrics, LAST_K).last_k, "run": str(r.path)} for r in runs]
     table = pd.DataFrame(rows, columns=["method", "defense", "accuracy", "run"])
     table["ratio"], table["UD"], table["learnable"] = np.nan, np.nan, np.nan
     layer_rows, notes = [], []

@@ -240,15 +240,17 @@ def ud_bars(table: pd.DataFrame, colours: dict[str, str] | None = None) -> go.Fi
 
 
 def ud_seed_bars(summary: pd.DataFrame, table: pd.DataFrame) -> go.Figure:
-    """UD per variant: bars at the mean over seeds with the spread (sample std) as error bars,
-    and every seed's UD as a dot, so two seeds are not mistaken for a distribution."""
+    """UD per variant: bars at the mean over seeds with the 95% t interval as error bars, and
+    every seed's UD as a dot, so two seeds are not mistaken for a distribution."""
     fig = go.Figure()
-    fig.add_trace(go.Bar(x=summary["variant"], y=summary["UD_mean"], name="mean over seeds",
+    mean, lo, hi = (summary[f"UD_{c}"].to_numpy(dtype=float) for c in ("mean", "lo", "hi"))
+    fig.add_trace(go.Bar(x=summary["variant"], y=mean, name="mean over seeds",
                          marker_color=[PALETTE[i % len(PALETTE)] for i in range(len(summary))],
-                         error_y=dict(type="data", array=summary["UD_std"].fillna(0).to_numpy(), visible=True),
-                         customdata=np.stack([summary["seeds"], summary["UD_std"]], axis=1),
-                         hovertemplate="%{x}<br>UD %{y:.3f} ± %{customdata[1]:.3f} over %{customdata[0]} seeds"
-                                       "<extra></extra>"))
+                         error_y=dict(type="data", array=np.nan_to_num(hi - mean), arrayminus=np.nan_to_num(mean - lo),
+                                      visible=True),
+                         customdata=np.stack([summary["seeds"], lo, hi], axis=1),
+                         hovertemplate="%{x}<br>UD %{y:.3f}, 95% interval [%{customdata[1]:.3f}, %{customdata[2]:.3f}]"
+                                       " over %{customdata[0]} seeds<extra></extra>"))
     fig.add_trace(go.Scatter(x=table["variant"], y=table["UD"], mode="markers", name="one seed",
                              marker=dict(color="black", size=8, symbol="circle-open"),
                              customdata=table["seed"], hovertemplate="%{x}<br>seed %{customdata}: UD %{y:.3f}"
@@ -257,7 +259,7 @@ def ud_seed_bars(summary: pd.DataFrame, table: pd.DataFrame) -> go.Figure:
     fig.update_yaxes(rangemode="tozero")
     return _layout(fig, "Unlearnable Distance over seeds", "run (seed left out)", "UD (its clean twin = 1)",
                    subtitle="each run against the clean run of the same seed and settings; bars: mean, whiskers: "
-                            "standard deviation over seeds")
+                            "95% t interval over seeds")
 
 
 def counts_per_epoch(per_epoch: dict[str, np.ndarray], epochs: dict[str, np.ndarray],

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .accuracy import LAST_K, accuracy_summary
 from .errors import UlvizError
 
 if TYPE_CHECKING:  # pandas is imported where a table is built
@@ -223,7 +224,7 @@ def load_sal_source(path: str | Path) -> SALSource:
     if len(run.sal_epochs) == 0:
         raise NoSALError(f"{path}: no SAL stored, so no UD (UD is not 0 without SAL); "
                          f"compute it with `ulviz sal {path}`")
-    acc = float(run.metrics["test_acc"].iloc[-1]) if len(run.metrics) else float("nan")
+    acc = accuracy_summary(run.metrics).final
     return SALSource(run.name, run.layer_names, run.sal["sal"], acc, run.config.poison.method, path,
                      [int(e) for e in run.sal_epochs], dict(run.sal_settings), run.config.train.task,
                      list(run.config.train.defenses))
@@ -354,11 +355,16 @@ def _clean_twin_key(config):
     return replace(config, name="", poison=PoisonConfig("clean")).to_json()
 
 
-def seed_table(paths, variants: dict | None = None) -> "pd.DataFrame":
+ACCURACIES = ("final", "last", "peak")  # the three readings of a run's accuracy (ulviz.accuracy)
+SUMMARY_METRICS = tuple(f"acc_{a}" for a in ACCURACIES) + tuple(f"ratio_{a}" for a in ACCURACIES) + ("UD",)
+
+
+def seed_table(paths, variants: dict | None = None, k: int = LAST_K) -> "pd.DataFrame":
     """One row per readable run: run, variant (its name without the seed, or `variants[path]`),
-    method, seed, accuracy (mean of the last 4 epochs, on clean test data), and UD against its
-    *clean twin*, the clean run with the same config and seed (NaN where there is none, or
-    either has no SAL)."""
+    method, seed; its clean-test accuracy three ways (``acc_final``, ``acc_last`` = mean of the
+    last `k` trained epochs, ``acc_peak``; epoch 0 never counts); the same divided by its *clean
+    twin*'s (``ratio_*``), the clean run with the same config and seed; and its UD against that
+    twin (NaN where there is none, or either has no SAL)."""
     import pandas as pd
 
     from .store import open_run
@@ -382,22 +388,67 @@ def seed_table(paths, variants: dict | None = None) -> "pd.DataFrame":
         if twin is not None:
             result = group_ud({"twin": twin, "run": r})[1]
             ud = result.ud.get("run", np.nan) if result is not None else np.nan
+        acc = _accuracies(r.metrics, k)
+        base = _accuracies(twin.metrics, k) if twin is not None else dict.fromkeys(ACCURACIES, np.nan)
         variant = (variants or {}).get(Path(r.path)) or names[_variant_key(r.config)]
         rows.append({"run": r.name, "variant": variant, "method": r.config.poison.method,
                      "dataset": r.config.data.name, "model": r.config.model.name, "seed": r.config.train.seed,
-                     "accuracy": float(r.metrics["test_acc"].iloc[-4:].mean()) if len(r.metrics) else np.nan,
-                     "UD": ud, "reference": twin.name if twin is not None and not np.isnan(ud) else "",
-                     "path": str(r.path)})
-    return pd.DataFrame(rows, columns=["run", "variant", "method", "dataset", "model", "seed", "accuracy", "UD",
+                     **{f"acc_{a}": acc[a] for a in ACCURACIES},
+                     **{f"ratio_{a}": acc[a] / base[a] if base[a] else np.nan for a in ACCURACIES},
+                     "UD": ud, "reference": twin.name if twin is not None else "", "path": str(r.path)})
+    return pd.DataFrame(rows, columns=["run", "variant", "method", "dataset", "model", "seed", *SUMMARY_METRICS,
                                        "reference", "path"])
 
 
-def seed_summary(table: "pd.DataFrame") -> "pd.DataFrame":
-    """Mean and spread (sample standard deviation) over seeds of accuracy and UD, per variant."""
-    return (table.groupby(["variant", "method", "dataset", "model"], sort=False)
-            .agg(seeds=("seed", "nunique"), accuracy_mean=("accuracy", "mean"), accuracy_std=("accuracy", "std"),
-                 UD_mean=("UD", "mean"), UD_std=("UD", "std"))
-            .reset_index())
+def _accuracies(metrics, k: int) -> dict[str, float]:
+    s = accuracy_summary(metrics, k)
+    return {"final": s.final, "last": s.last_k, "peak": s.peak}
+
+
+def mean_interval(values, level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high) of `values` (NaNs dropped): Student's t interval for the mean over seeds,
+    since a handful of seeds is far from the normal limit; low = high = mean for one value, all
+    NaN for none."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    if len(v) == 0:
+        return np.nan, np.nan, np.nan
+    mean = float(v.mean())
+    if len(v) == 1:
+        return mean, mean, mean
+    half = float(stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+    return mean, mean - half, mean + half
+
+
+def seed_summary(table: "pd.DataFrame", level: float = 0.95) -> "pd.DataFrame":
+    """Per variant: the number of seeds, and for each accuracy reading, ratio and UD its mean over
+    seeds with a `level` t interval (``<metric>_mean``, ``_lo``, ``_hi``) and sample std."""
+    import pandas as pd
+
+    rows = []
+    for key, group in table.groupby(["variant", "method", "dataset", "model"], sort=False):
+        row = dict(zip(["variant", "method", "dataset", "model"], key), seeds=group["seed"].nunique())
+        for m in SUMMARY_METRICS:
+            row[f"{m}_mean"], row[f"{m}_lo"], row[f"{m}_hi"] = mean_interval(group[m], level)
+            row[f"{m}_std"] = float(group[m].std()) if group[m].notna().sum() > 1 else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summary_text(summary: "pd.DataFrame", metrics=("acc_final", "acc_last", "acc_peak", "ratio_last", "UD")) -> "pd.DataFrame":
+    """A seed summary narrow enough for a terminal: per variant its seeds and each of `metrics`
+    as "mean [lo, hi]"."""
+    import pandas as pd
+
+    def cell(row, m):
+        mean, lo, hi = row[f"{m}_mean"], row[f"{m}_lo"], row[f"{m}_hi"]
+        if np.isnan(mean):
+            return "-"
+        return f"{mean:.3f}" if lo == hi else f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
+    return pd.DataFrame([{"variant": r["variant"], "seeds": r["seeds"], **{m: cell(r, m) for m in metrics}}
+                         for _, r in summary.iterrows()])
 
 
 # -- a group of runs against its own clean run ---------------------------------------------------
