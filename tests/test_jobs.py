@@ -162,3 +162,22 @@ def test_launch_config_applies_the_recipe_and_checks_the_dataset_files(tmp_path,
         launch_config("x", "digits", "lenet5", "random", params_text="bogus=1")
     with pytest.raises(UlvizError, match="method 'random': eps must be a number, got '8/255'"):
         launch_config("x", "digits", "lenet5", "random", params_text="eps=8/255")
+
+
+def test_a_first_digits_job_from_the_form_learns_within_3_epochs():
+    """The home form's defaults (digits, lenet5, recipe quick, lr box 0): a 3-epoch job used to end
+    at test accuracy 0.075, below chance, on the loss plateau of PyTorch's default init."""
+    import torch
+    from ulviz import create_model, train
+    from ulviz.jobs import launch_config
+    config = launch_config("first", "digits", "lenet5", "clean", epochs=3, lr=None, batch_size=None)
+    assert config.train.recipe == "quick" and config.train.lr == 0.05
+    history = train(config, None).history
+    assert history[0]["test_acc"] < 0.3 < 0.8 < history[-1]["test_acc"], [h["test_acc"] for h in history]
+    # He init: each weight's std is sqrt(2 / fan_in), biases zero
+    torch.manual_seed(0)
+    net = create_model("lenet5", in_shape=(1, 8, 8), num_classes=10)
+    for layer in (net.conv2, net.fc1):
+        fan_in = layer.weight[0].numel()
+        assert layer.weight.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.1)
+        assert torch.all(layer.bias == 0)
