@@ -1,169 +1,231 @@
-"""How much each unlearnable method hurts: train the same model clean and under each method.
+"""How much each unlearnable method hurts, over several training seeds, with UD.
 
-Prints, per method: clean-test accuracy at the last epoch and averaged over the last 5 (the
-paper recipe's constant lr 0.1 makes single epochs noisy), its ratio to the clean run's, the final
-train accuracy on the protected data (the shortcut learned), and the generation time. Every run
-shares the model, seed and recipe. Run files go to --runs-dir, and a complete one is reused, so an
-interrupted benchmark resumes; generated poisons come from the on-disk cache when present (the
-time is then marked "cached").
+Each method's protection is generated once (poison seed 0, cached on disk by content); the same
+model is then trained clean and on each protected set with every training seed. Per method it
+prints clean-test accuracy three ways (final, mean of the last 4 trained epochs, peak), each as
+its ratio to the clean run of the same seed, and the UD against that clean run (exact SAL post hoc
+at --sal-epochs on the first --sal-subset images each run trained on): mean over seeds with a 95%
+t interval. The published CIFAR-10 / ResNet-18 figures (the ISS paper's table) stand beside ours.
 
-    .venv/bin/python benchmarks/poison_effect.py     # CIFAR-10 subset when ../shared/data has it, else digits
-    .venv/bin/python benchmarks/poison_effect.py --dataset digits --model lenet5 --recipe quick
-    .venv/bin/python benchmarks/poison_effect.py --dataset digits --budget energy
+    .venv/bin/python benchmarks/poison_effect.py --device cuda --workers 12 --out benchmarks/results/x.md
+    .venv/bin/python benchmarks/poison_effect.py --dataset digits --model lenet5 --seeds 0,1,2
 
-On a CPU the surrogate-based methods run with the smaller settings in CPU_SETTINGS (printed with
-the table); on a GPU (--device cuda) with their originals' defaults.
+Run files go to --runs-dir. A run file is reused only when its config, the digest of the images it
+trained on and the code revision that wrote it all equal this run's (never on the config alone: an
+earlier version of this script protected the images twice under the same config). Training runs
+in --workers processes at once: on a GPU the small models leave it mostly idle.
+
+On a CPU the surrogate-based methods use the smaller settings of ulviz.demo.CPU_POISON_SETTINGS;
+on a GPU em and tap use their originals' budgets and rem the --rem settings (its original budget is
+GPU-hours even on the subset).
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
+from datetime import date
 from pathlib import Path
 
-import pandas as pd
-
-from ulviz import DataConfig, ModelConfig, PoisonConfig, RunConfig, TrainConfig, load_dataset, open_run, train
-from ulviz.demo import CPU_POISON_SETTINGS as CPU_SETTINGS  # what two CPU cores afford; see ulviz/demo.py
-from ulviz.poisons import list_budgets, make_poison
-from ulviz.recipes import apply_recipe, default_recipe, list_recipes
-
 ROOT = Path(__file__).resolve().parents[1]
-CIFAR = ROOT.parent / "shared" / "data" / "cifar10-subset"
+CIFAR = ROOT / "data" / "cifar10-subset"
 
 METHODS = [  # (label, method, params)
     ("clean", "clean", {}), ("random", "random", {}), ("lsp", "lsp", {}), ("ops", "ops", {}), ("ar", "ar", {}),
-    ("cuda", "cuda", {}), ("em/class", "em", {"mode": "class"}), ("em", "em", {}), ("tap", "tap", {}),
-    ("rem", "rem", {}), ("random/class", "random", {"mode": "class"}),
+    ("cuda", "cuda", {}), ("em-class", "em", {"mode": "class"}), ("em", "em", {}), ("tap", "tap", {}),
+    ("rem", "rem", {}),
 ]
-# the issue's targets: ratio to clean at most (or, for the control, at least)
-TARGETS = {"em": ("<=", 0.5), "em/class": ("<=", 0.5), "lsp": ("<=", 0.5), "ops": ("<=", 0.5), "ar": ("<=", 0.5),
-           "cuda": ("<=", 0.5), "rem": ("<=", 0.7), "tap": ("<=", 0.7), "random": (">=", 0.9)}
+# Published reference: test accuracy (%) of ResNet-18 on CIFAR-10 trained on each protection, no
+# defense, from the ISS paper (Liu, Zhao, Larson, "Image Shortcut Squeezing", ICML 2023, Table 1).
+# Their setting: all 50,000 training images, full ResNet-18, 60 epochs, the methods' own budgets.
+REFERENCE = {"clean": 94.68, "em": 21.05, "rem": 25.44, "tap": 8.17, "lsp": 19.07, "ar": 13.28, "ops": 36.55}
 
 
-def main():
+def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    natural = CIFAR.exists()
-    p.add_argument("--dataset", default="cifar10" if natural else "digits")
-    p.add_argument("--data-dir", help="default: the CIFAR-10 subset in ../shared/data for cifar10")
-    p.add_argument("--model", help="victim model (default: resnet18 of width 8 on cifar10, lenet5 elsewhere)")
+    p.add_argument("--dataset", default="cifar10")
+    p.add_argument("--data-dir", help="default: data/cifar10-subset for cifar10")
+    p.add_argument("--model", help="victim (default: resnet18 of width 8 on cifar10, lenet5 elsewhere)")
     p.add_argument("--width", type=int)
-    p.add_argument("--surrogate", help="surrogate of em/rem/tap (default: the victim's architecture)")
-    p.add_argument("--recipe", choices=list_recipes(), help="default: paper on cifar10/100, quick elsewhere")
     p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--budget", default="standard", choices=list_budgets())
-    p.add_argument("--train-limit", type=int)
-    p.add_argument("--methods", help="comma-separated labels, e.g. em,ops (clean is always run)")
-    p.add_argument("--device", default="cpu", help="where poisons are made and models trained (cpu, cuda, mps)")
-    p.add_argument("--runs-dir", default="benchmarks/runs/poison_effect", help="run files (reused when complete)")
-    p.add_argument("--out", help="also write the table as markdown here")
-    p.add_argument("--ud", action="store_true",
-                   help="then exact SAL of every run (post hoc, at --sal-epochs on --sal-subset samples) and UD")
-    p.add_argument("--sal-epochs", default="10,20,30,40", help="epochs to measure SAL at")
-    p.add_argument("--sal-subset", type=int, default=512, help="first N (protected) training samples for SAL")
+    p.add_argument("--seeds", default="0,1,2", help="training seeds (the protections are generated once)")
+    p.add_argument("--methods", help="comma-separated labels (clean is always run)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--workers", type=int, default=1, help="runs trained at once, each in its own process")
+    p.add_argument("--runs-dir", default="benchmarks/runs/poison_effect")
+    p.add_argument("--sal-epochs", default="10,20,30,40", help="epochs with exact SAL for UD ('' for no UD)")
+    p.add_argument("--sal-subset", type=int, default=512, help="first N images each run trained on")
+    p.add_argument("--rem", default='{"train_epochs": 2, "samples": 1, "pgd_steps": 5, "rho_steps": 3}',
+                   help="rem's parameters as JSON (default: the CPU settings; '{}' for the original's)")
+    p.add_argument("--out", help="also write the report (markdown) here")
     args = p.parse_args()
-    if args.dataset == "cifar10" and not args.data_dir and natural:
+    if args.dataset == "cifar10" and not args.data_dir:
         args.data_dir = str(CIFAR)
-    model = args.model or ("resnet18" if args.dataset.startswith("cifar") else "lenet5")
-    width = args.width if args.width is not None else (8 if model == "resnet18" and args.model is None else None)
-    data_cfg = DataConfig(args.dataset, args.data_dir, train_limit=args.train_limit)
-    dataset = load_dataset(data_cfg)
-    recipe = args.recipe or default_recipe(args.dataset)
-    tcfg = apply_recipe(TrainConfig(epochs=args.epochs, seed=0, device=args.device), recipe, args.dataset)
-    base = RunConfig(name="clean", data=data_cfg, model=ModelConfig(model, width), train=tcfg)
-    surrogate = {"surrogate": args.surrogate or model, "surrogate_width": width if args.surrogate is None else None}
-    wanted = set(args.methods.split(",")) if args.methods else None
+    seeds = [int(s) for s in args.seeds.split(",")]
+    plan = _plan(args, seeds)
     runs_dir = Path(args.runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
+    start = time.perf_counter()
+    print(f"{len(plan)} runs: {len({c.name for c, _ in plan})} protections x {len(seeds)} seeds", flush=True)
+    gen = _parallel(_generate, [(c,) for c, _ in plan if c.train.seed == seeds[0]], args.workers)
+    gen_s = dict(gen)
+    done = _parallel(_train_one, [(c, str(runs_dir / f"{stem}.h5"), args) for c, stem in plan], args.workers)
+    print(f"all runs in {time.perf_counter() - start:.0f} s", flush=True)
+    report = _report(args, seeds, [path for path, _ in done], dict(done), gen_s)
+    print(report)
+    if args.out:
+        Path(args.out).write_text(report)
+        print(f"wrote {args.out}")
+
+
+def _plan(args, seeds):
+    """[(config, file stem)] of every (method, seed) run."""
+    from ulviz import DataConfig, ModelConfig, PoisonConfig, RunConfig, SALConfig, TrainConfig
+    from ulviz.demo import CPU_POISON_SETTINGS
+    from ulviz.recipes import apply_recipe, default_recipe
+
+    model = args.model or ("resnet18" if args.dataset.startswith("cifar") else "lenet5")
+    width = args.width if args.width is not None else (8 if model == "resnet18" and args.model is None else None)
+    data = DataConfig(args.dataset, args.data_dir)
+    wanted = set(args.methods.split(",")) | {"clean"} if args.methods else None
+    surrogate = {"surrogate": model, "surrogate_width": width}
+    plan = []
     for label, method, params in METHODS:
-        if wanted and label not in wanted and label != "clean":
+        if wanted and label not in wanted:
             continue
         if method in ("em", "rem", "tap"):
-            params = {**params, **surrogate, **(CPU_SETTINGS.get(label, {}) if args.device == "cpu" else {})}
-        poison = PoisonConfig(method, params=params, budget=args.budget)
-        config = replace(base, name=label, poison=poison)
-        start = time.perf_counter()
-        protected = make_poison(poison, dataset, device=args.device, progress=True)
-        gen = time.perf_counter() - start
-        gen_text = "cached" if "cached" in protected.info else f"{gen:.1f}s"
-        path = runs_dir / f"{label.replace('/', '-')}.h5"
-        history = _reuse(path, config)
-        if history is None:
-            # the clean dataset: train() protects it with config.poison (the cached poison made above);
-            # passing the protected one made it protect the images a second time
-            history = train(config, path, overwrite=True, dataset=dataset, progress=True).history
-        last = history[-1]
-        tail = [r["test_acc"] for r in history[-5:]]
-        facts = {k: v for k, v in protected.info.items() if k in ("rounds", "surrogate_train_error", "targeted_success")}
-        rows.append({"method": label, "test_acc": last["test_acc"], "test_acc_last5": sum(tail) / len(tail),
-                     "train_acc_protected": last["train_acc"], "generation": gen_text,
-                     "facts": ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in facts.items())})
-        print(f"{label:12s} test_acc {last['test_acc']:.4f} (last 5: {rows[-1]['test_acc_last5']:.4f})  "
-              f"generation {gen_text}  {rows[-1]['facts']}", flush=True)
-    table = pd.DataFrame(rows)
-    clean = table.loc[table["method"] == "clean", "test_acc_last5"].iloc[0]
-    table.insert(3, "ratio_to_clean", table["test_acc_last5"] / clean)
-    table["target"] = [" ".join(map(str, TARGETS[m])) if m in TARGETS else "" for m in table["method"]]
-    table["met"] = [("yes" if (r <= TARGETS[m][1] if TARGETS[m][0] == "<=" else r >= TARGETS[m][1]) else "NO")
-                    if m in TARGETS else "" for m, r in zip(table["method"], table["ratio_to_clean"])]
-    title = (f"{model}{f' (width {width})' if width else ''} on {args.dataset} ({len(dataset.x_train)} train / "
-             f"{len(dataset.x_test)} test), recipe {recipe} (batch {tcfg.batch_size}, augment {tcfg.augment}), "
-             f"{args.epochs} epochs, seed 0, budget {args.budget}, device {args.device}")
-    print(f"\n== {title} ==")
-    print("ratio_to_clean uses the mean test accuracy of the last 5 epochs")
-    if args.device == "cpu":
-        print(f"CPU settings of the surrogate methods: {CPU_SETTINGS}; surrogate {surrogate}")
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    ud_text = ""
-    if args.ud:
-        ud_text = _ud_phase(runs_dir, [r["method"] for r in rows], args)
-    if args.out:
-        Path(args.out).write_text(f"# {title}\n\n`python {' '.join(sys.argv)}`\n\n"
-                                  f"CPU settings: {CPU_SETTINGS}; surrogate {surrogate}\n\n"
-                                  + "```\n" + table.to_string(index=False, float_format=lambda v: f"{v:.3f}") + "\n```\n"
-                                  + ud_text)
+            settings = CPU_POISON_SETTINGS.get(method, {}) if args.device == "cpu" else {}
+            if method == "rem":
+                settings = json.loads(args.rem)
+            params = {**params, **surrogate, **settings}
+        for seed in seeds:
+            train = apply_recipe(TrainConfig(epochs=args.epochs, seed=seed, device=args.device),
+                                 default_recipe(args.dataset), args.dataset)
+            plan.append((RunConfig(name=label, data=data, model=ModelConfig(model, width),
+                                   poison=PoisonConfig(method, params=params), train=train,
+                                   sal=SALConfig("none")), f"{label}_seed-{seed}"))
+    return plan
 
 
-def _ud_phase(runs_dir: Path, labels: list[str], args) -> str:
-    """Exact SAL of every run at a few epochs on a fixed subset, then UD against the clean run and
-    each layer's learnable fraction; returns the text printed."""
+def _parallel(fn, jobs, workers):
+    if workers <= 1:
+        return [fn(*job) for job in jobs]
+    ctx = __import__("multiprocessing").get_context("spawn")  # CUDA cannot be forked into workers
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_quiet_threads, initargs=(workers,)) as pool:
+        return list(pool.map(_star, [(fn, job) for job in jobs]))
+
+
+def _star(item):
+    fn, job = item
+    return fn(*job)
+
+
+def _quiet_threads(workers: int) -> None:
+    import torch
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+def _generate(config):
+    """(label, generation seconds): the protection made once, into the on-disk cache."""
+    from ulviz import load_dataset
+    from ulviz.poisons import make_poison
+    start = time.perf_counter()
+    poison = make_poison(config.poison, load_dataset(config.data), device=config.train.device)
+    took = "cached" if "cached" in poison.info else f"{time.perf_counter() - start:.0f} s"
+    print(f"protection {config.name}: {took}", flush=True)
+    return config.name, took
+
+
+def _train_one(config, path, args):
+    """(path, seconds): train (unless an identical run of this code is there), then exact SAL."""
     from ulviz import SALConfig
     from ulviz.sal import compute_run_sal
-    from ulviz.ud import ud_table
-
-    sal = SALConfig(estimator="exact", subset=args.sal_subset)
-    epochs = [int(e) for e in args.sal_epochs.split(",")]
-    paths = [runs_dir / f"{label.replace('/', '-')}.h5" for label in labels]
-    for path in paths:
-        start = time.perf_counter()
-        compute_run_sal(path, sal, device=args.device, epochs=epochs)
-        print(f"SAL {path.name}: {time.perf_counter() - start:.0f}s", flush=True)
-    table, result = ud_table(paths[0], paths[1:])
-    layers = open_run(paths[0]).layer_names
-    per_layer = pd.DataFrame({name: frac for name, frac in result.per_layer.items()}, index=layers).T
-    text = (f"\nSAL: exact (10 rounds, lr 0.1, eps 0.05), post hoc at epochs {epochs} on the first "
-            f"{args.sal_subset} samples of each run's (protected) training set\n"
-            f"threshold {result.threshold:.6f}; clean learnable layers per epoch {result.clean_count:.3f}\n\n"
-            + table.to_string(index=False, float_format=lambda v: f"{v:.3f}")
-            + "\n\nlearnable fraction of epochs per layer:\n"
-            + per_layer.to_string(float_format=lambda v: f"{v:.2f}") + "\n")
-    print(text)
-    return "\n```\n" + text + "```\n"
+    from ulviz.training import train
+    start = time.perf_counter()
+    if not _reusable(Path(path), config):
+        train(config, path, overwrite=True)
+    if args.sal_epochs:
+        epochs = [e for e in (int(v) for v in args.sal_epochs.split(",")) if e <= config.train.epochs]
+        compute_run_sal(path, SALConfig("exact", subset=args.sal_subset), device=config.train.device, epochs=epochs)
+    took = time.perf_counter() - start
+    print(f"{Path(path).stem}: {took:.0f} s", flush=True)
+    return path, took
 
 
-def _reuse(path: Path, config: RunConfig):
-    """The history of a complete run file with this very config, else None."""
+def _reusable(path: Path, config) -> bool:
+    """A complete run file of this config, written by this code revision from the same inputs."""
+    from ulviz import open_run
+    from ulviz.errors import UlvizError
     if not path.exists():
-        return None
+        return False
     try:
         run = open_run(path)
-    except Exception:
-        return None
+    except UlvizError:
+        return False
     if run.status != "complete" or run.config.to_dict() != config.to_dict():
-        return None
-    return run.metrics.to_dict("records")
+        return False
+    recorded = getattr(run, "provenance", {}) or {}
+    return (recorded.get("code_revision") == _revision()[0] and not recorded.get("code_dirty", True)
+            and _inputs_match(run))
+
+
+def _inputs_match(run) -> bool:
+    """Whether the images the run file says it trained on are today's (digest check)."""
+    try:
+        from ulviz.provenance import check_inputs
+    except ImportError:
+        return False
+    try:
+        check_inputs(run)
+        return True
+    except Exception:
+        return False
+
+
+def _revision() -> tuple[str, bool]:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip() != ""
+        return rev.stdout.strip(), dirty
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", True
+
+
+def _report(args, seeds, paths, seconds, gen_s) -> str:
+    import torch
+
+    from ulviz.ud import seed_summary, seed_table, summary_text
+    table = seed_table(paths)
+    summary = seed_summary(table)
+    text = summary_text(summary, ("acc_final", "acc_last", "acc_peak", "ratio_final", "ratio_last", "ratio_peak", "UD"))
+    text.insert(2, "protection", [gen_s.get(v, "") for v in text["variant"]])
+    ref = REFERENCE.get("clean")
+    text["published"] = [f"{REFERENCE[v] / ref:.3f} ({REFERENCE[v]:.1f}%)" if args.dataset == "cifar10" and v in REFERENCE
+                         else "" for v in text["variant"]]
+    rev, dirty = _revision()
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") and torch.cuda.is_available() else args.device
+    cfg = __import__("ulviz").open_run(paths[0]).config
+    head = (f"# Poison effect: {cfg.model.name} (width {cfg.model.width}) on {cfg.data.name}, {cfg.train.epochs} "
+            f"epochs, recipe {cfg.train.recipe}, seeds {seeds}\n\n"
+            f"- command: `python {' '.join(sys.argv)}`\n- code revision: {rev[:12]}{' (dirty tree)' if dirty else ''}\n"
+            f"- date: {date.today().isoformat()}; device: {device}; torch {torch.__version__}; "
+            f"workers {args.workers}\n"
+            f"- protections generated once (poison seed 0); each seed's run is compared with the clean run of the "
+            f"same seed (ratio and UD); mean over seeds [95% t interval]\n"
+            f"- accuracy on the clean test set: final epoch, mean of the last 4 trained epochs, best epoch\n"
+            f"- UD: exact SAL (10 rounds, lr 0.1, eps 0.05) post hoc at epochs {args.sal_epochs or 'none'} on the "
+            f"first {args.sal_subset} images each run trained on; threshold: the clean run's 2-means midpoint\n"
+            f"- published: the ISS paper's ResNet-18 on all of CIFAR-10 (Table 1, no defense), as a ratio to its "
+            f"clean 94.68%; our setting is a 5,085-image subset and a narrower, shorter-trained network\n\n")
+    per_run = table[["run", "seed", "acc_final", "acc_last", "acc_peak", "ratio_last", "UD"]].to_string(
+        index=False, float_format=lambda v: f"{v:.3f}")
+    return head + "```\n" + text.to_string(index=False) + "\n```\n\nPer run:\n\n```\n" + per_run + "\n```\n"
 
 
 if __name__ == "__main__":

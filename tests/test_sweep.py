@@ -63,7 +63,7 @@ def test_expansion_names_count_and_dotted_fields(tmp_path):
 def test_a_parameter_axis_skips_the_methods_that_do_not_take_it(tmp_path):
     """clean x em x eps x seed: one clean run per seed, the clean twin of every em run (UD needs
     it), instead of a clean run per eps that could not start."""
-    from ulviz.ud import _clean_twin_key
+    from ulviz.ud import clean_twin_key
     s = _sweep(tmp_path, SWEEP.replace('"poison.method" = ["clean", "random"]',
                                        '"poison.method" = ["clean", "random", "ops"]\n"poison.params.eps" = [0.01, 0.02]'))
     names = [r.name for r in s.runs]
@@ -76,7 +76,7 @@ def test_a_parameter_axis_skips_the_methods_that_do_not_take_it(tmp_path):
     assert by["method-random_eps-0.02_seed-1"].poison.params == {"eps": 0.02}
     for name, config in by.items():  # every protected run finds its clean twin of the same seed
         twin = by[f"method-clean_seed-{config.train.seed}"]
-        assert _clean_twin_key(config) == _clean_twin_key(twin), name
+        assert clean_twin_key(config) == clean_twin_key(twin), name
 
 
 @pytest.mark.parametrize("text, message", [

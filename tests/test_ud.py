@@ -222,3 +222,48 @@ def test_seed_table_and_summary_three_accuracies_against_the_run_files(tmp_path,
     assert main(["ud", *p.values(), "--clean", p["clean-s0"]]) == 0
     out = capsys.readouterr().out
     assert "over seeds" in out and "95% t interval" in out
+
+
+def test_threshold_rules():
+    from ulviz.ud import clean_threshold
+    clean = np.array([[0.0, 1.0, 10.0, 11.0], [0.0, 0.0, 2.0, 4.0]])  # the hand-worked example: midpoints 5.5, 1.5
+    assert clean_threshold(clean)[0] == pytest.approx(3.5)
+    # well-separated clusters: scikit-learn's KMeans finds the same centres, whatever its seed
+    assert clean_threshold(clean, "kmeans", seed=3)[0] == pytest.approx(3.5)
+    # percentile: of all 8 values [0,0,0,1,2,4,10,11]; the median is (1 + 2) / 2
+    assert clean_threshold(clean, "percentile")[0] == pytest.approx(1.5)
+    assert clean_threshold(clean, "percentile", q=100)[0] == 11.0
+    ud = unlearnable_distance(clean, {"r": np.array([[2.0, 0, 0, 0], [0, 0, 0, 0]])}, rule="percentile")
+    assert ud.threshold == 1.5 and ud.counts["r"] == 0.5 and ud.clean_count == pytest.approx((2 + 2) / 2)
+    with pytest.raises(UlvizError, match="threshold rule"):
+        clean_threshold(clean, "mean")
+
+
+def test_twin_pairing_with_two_clean_runs_of_other_widths_in_one_directory(tmp_path):
+    """The random run (width 16) is compared with the clean run of width 16, though the clean run
+    of width 32 comes first and shares its task, dataset, model name and layer names."""
+    from dataclasses import replace
+    from ulviz import ModelConfig, open_run
+    from ulviz.accuracy import accuracy_summary
+    from ulviz.crosstask import crosstask_table
+    from ulviz.defense_study import defense_study
+    from ulviz.ud import seed_table
+    paths = []
+    for stem, method, width in (("a-clean-wide", "clean", 32), ("b-clean-narrow", "clean", 16), ("c-noise", "random", 16)):
+        cfg = tiny_config(epochs=2)
+        cfg = replace(cfg, name=method, model=ModelConfig("mlp", width), sal=SALConfig(estimator="fast", subset=100),
+                      poison=replace(cfg.poison, method=method))
+        train(cfg, tmp_path / f"{stem}.h5")
+        paths.append(tmp_path / f"{stem}.h5")
+    last = {p.stem: accuracy_summary(open_run(p).metrics).last_k for p in paths}
+    want = last["c-noise"] / last["b-clean-narrow"]
+    assert want != pytest.approx(last["c-noise"] / last["a-clean-wide"])  # the test can tell them apart
+    narrow = open_run(paths[1]).sal["sal"]
+    want_ud = unlearnable_distance(narrow, {"r": open_run(paths[2]).sal["sal"]}).ud["r"]
+    ct = crosstask_table(paths, probe=False).set_index("run")
+    noise = ct.loc[[r for r in ct.index if r.startswith("random")][0]]
+    assert noise.ratio == pytest.approx(want) and noise.UD == pytest.approx(want_ud)
+    ds = defense_study(paths).table.set_index("run")
+    assert ds.loc[str(paths[2]), "ratio"] == pytest.approx(want) and ds.loc[str(paths[2]), "UD"] == pytest.approx(want_ud)
+    st = seed_table(paths).set_index("path")
+    assert st.loc[str(paths[2]), "ratio_last"] == pytest.approx(want) and st.loc[str(paths[2]), "UD"] == pytest.approx(want_ud)

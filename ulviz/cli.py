@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .config import DataConfig, ModelConfig, PoisonConfig, RunConfig, SALConfig, TrainConfig, parse_param
+from .config import DataConfig, ModelConfig, PoisonConfig, RunConfig, SALConfig, TrainConfig, check_numbers, parse_param
 from .data import list_datasets
 from .errors import UlvizError
 from .models import list_models
@@ -27,8 +27,33 @@ def _param(text: str) -> tuple[str, object]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+class _UsageError(UlvizError):
+    """A command line argparse refused (an unknown choice, a value of the wrong type)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, except that a bad argument is one line naming it (and, for a choice, the
+    choices), not the command's whole usage: the README promises one line and exit 2."""
+
+    def error(self, message: str):
+        raise _UsageError(f"{self.prog.removeprefix('ulviz ')}: {message} (see `{self.prog} --help`)")
+
+
+def _count(minimum: int):
+    """An argparse type: an integer of at least `minimum`."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ulviz", description=__doc__)
+    p = _Parser(prog="ulviz", description=__doc__)
     p.add_argument("--version", action="version", version=f"ulviz {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -104,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     dm = sub.add_parser("demo", help="regenerate a demo study: cifar10 (the bundled data/demo) or digits (data/demo-digits)")
     dm.add_argument("--study", default="cifar10", help="cifar10 (about an hour on 2 CPU cores) or digits (minutes)")
     dm.add_argument("--out", help="directory to write the demo runs to (default: the study's, data/demo or data/demo-digits)")
-    dm.add_argument("--epochs", type=int, help="default: the study's (16 for cifar10, 30 for digits)")
+    dm.add_argument("--epochs", type=_count(1), help="default: the study's (16 for cifar10, 30 for digits)")
     dm.add_argument("--methods", help="comma-separated subset of the demo runs (clean is always made)")
 
     s = sub.add_parser("sal", help="compute per-layer SAL for every epoch of a run file (resumable)")
@@ -132,7 +157,7 @@ def _parser() -> argparse.ArgumentParser:
     ct.add_argument("--tasks", default="classify,rotation", help=f"comma-separated, of {', '.join(list_tasks())}")
     ct.add_argument("--runs-dir", default="runs/crosstask", help="run files, one per task and method (reused when complete)")
     ct.add_argument("--sal-epochs", help="exact SAL (for UD) at these epochs, e.g. 2,4,8; default: none, no UD")
-    ct.add_argument("--sal-subset", type=int, default=128, help="first N training samples for SAL")
+    ct.add_argument("--sal-subset", type=_count(1), default=128, help="first N training samples for SAL")
     ct.add_argument("--device", default="auto")
     ct.add_argument("--csv", help="also write the table as CSV")
 
@@ -140,7 +165,7 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("file", help="the sweep file (.toml): out, [base] run config, [axes] dotted field -> values")
     sw.add_argument("--executor", default="local", choices=["local", "ray"],
                     help="local: separate processes on this machine (default); ray: one Ray task per run")
-    sw.add_argument("--parallel", type=int, default=1, help="local executor: runs at a time (default 1)")
+    sw.add_argument("--parallel", type=_count(1), default=1, help="local executor: runs at a time (default 1)")
     sw.add_argument("--address", help="ray executor: the cluster (auto, or HOST:PORT); default: a local Ray instance")
     sw.add_argument("--retry-failed", action="store_true", help="also rerun runs that failed or diverged before")
     sw.add_argument("--status", action="store_true", help="only print each run's state, run nothing")
@@ -152,7 +177,7 @@ def _parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("landscape", help="loss landscape of a run file (cached in it, resumable)")
     ls.add_argument("run", help="run file (.h5)")
     ls.add_argument("--kind", default="plane", choices=["line", "plane", "interp", "pca"])
-    ls.add_argument("--resolution", type=int, default=41, help="points per axis")
+    ls.add_argument("--resolution", type=_count(2), default=41, help="points per axis")
     ls.add_argument("--range", type=float, nargs="+", metavar="X",
                     help="axis range LOW HIGH (default -1 1; interp -0.5 1.5); for pca one margin (default 0.25)")
     ls.add_argument("--normalization", default="filter", choices=["filter", "layer", "none"])
@@ -161,10 +186,10 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--layer", help="restrict the directions to one weight tensor (e.g. conv1.weight)")
     ls.add_argument("--split", default="test", choices=["train", "clean", "test"],
                     help="data: what the run trained on, clean train, or clean test")
-    ls.add_argument("--subset", type=int, help="first N samples only")
+    ls.add_argument("--subset", type=_count(1), help="first N samples only")
     ls.add_argument("--epoch", type=int, default=-1, help="weights at this epoch (default: the last)")
     ls.add_argument("--other", help="interp: end at this run's final weights (same architecture)")
-    ls.add_argument("--coarse", type=int, help="compute a coarse sub-grid first (e.g. 11 for 41)")
+    ls.add_argument("--coarse", type=_count(2), help="compute a coarse sub-grid first (e.g. 11 for 41)")
     ls.add_argument("--device", default="auto")
     ls.add_argument("--csv", help="also write the points as CSV")
     ls.add_argument("--quiet", action="store_true")
@@ -361,6 +386,7 @@ def _poison(args) -> int:
 
     dataset = load_dataset(DataConfig(args.dataset, args.data_dir, args.allow_pickle, args.train_limit))
     config = PoisonConfig(args.method, args.ratio, args.seed, dict(args.param), args.budget)
+    check_numbers(config)
     poison = make_poison(config, dataset, device=args.device, progress=not args.quiet)
     delta = (poison.x_train - dataset.x_train).flatten(1)
     print(f"{args.method}: {len(poison.indices)}/{len(dataset.x_train)} samples protected; "
@@ -498,7 +524,11 @@ def _sweep(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except _UsageError as e:
+        print(f"ulviz: error: {e}", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, _sigterm)
     try:
         commands = {"train": _train, "info": _info, "list": _list, "sal": _sal, "ud": _ud, "demo": _demo,

@@ -13,20 +13,26 @@ from typing import Any
 from .errors import UlvizError
 
 
+def _limits(default, *, ge=None, gt=None, le=None, lt=None):
+    """A numeric field's default, with the range :func:`check_numbers` holds it to (None, where
+    the field may be None, is always allowed)."""
+    return field(default=default, metadata={"limits": (ge, gt, le, lt)})
+
+
 @dataclass(frozen=True)
 class DataConfig:
     name: str = "digits"  # dataset registry name: digits, mnist, cifar10, cifar100, npz, synthetic
     data_dir: str | None = None  # directory (or .npz file) for datasets read from local files
     allow_pickle: bool = False  # CIFAR python-batch layout is pickle: only loaded on this opt-in
-    train_limit: int | None = None  # keep the first N training samples (after the fixed split)
-    test_limit: int | None = None  # keep the first N test samples
+    train_limit: int | None = _limits(None, ge=1)  # keep the first N training samples (after the fixed split)
+    test_limit: int | None = _limits(None, ge=1)  # keep the first N test samples
 
 
 @dataclass(frozen=True)
 class PoisonConfig:
     method: str = "clean"  # unlearnable-method registry name; "clean" is the identity
-    ratio: float = 1.0  # fraction of the training set that is protected
-    seed: int = 0  # seed of the method's randomness (noise, surrogate init, patch choice)
+    ratio: float = _limits(1.0, gt=0, le=1)  # fraction of the training set that is protected
+    seed: int = _limits(0, ge=0)  # seed of the method's randomness (noise, surrogate init, patch choice)
     params: dict = field(default_factory=dict)  # method-specific parameters (eps, steps, ...)
     budget: str = "standard"  # budget convention: standard (the papers'), energy, mnist (ulviz.poisons.scaled_params)
 
@@ -34,19 +40,19 @@ class PoisonConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "lenet5"  # model registry name: linear, mlp, lenet5, cnn, resnet18
-    width: int | None = None  # base width (hidden units / first-stage channels); None = model default
+    width: int | None = _limits(None, ge=1)  # base width (hidden units / first-stage channels); None = model default
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     optimizer: str = "sgd"  # "sgd" (with momentum) or "adam"
-    lr: float = 0.05  # peak learning rate
-    momentum: float = 0.9  # SGD momentum (ignored by adam)
-    weight_decay: float = 5e-4  # L2 penalty added by the optimizer
+    lr: float = _limits(0.05, gt=0)  # peak learning rate
+    momentum: float = _limits(0.9, ge=0, lt=1)  # SGD momentum (ignored by adam)
+    weight_decay: float = _limits(5e-4, ge=0)  # L2 penalty added by the optimizer
     schedule: str = "cosine"  # learning-rate schedule over epochs: constant, cosine, step
-    batch_size: int = 64  # minibatch size
-    epochs: int = 30  # number of passes over the training set
-    seed: int = 0  # seeds the initial weights and every epoch's data order
+    batch_size: int = _limits(64, ge=1)  # minibatch size
+    epochs: int = _limits(30, ge=1)  # number of passes over the training set
+    seed: int = _limits(0, ge=0)  # seeds the initial weights and every epoch's data order
     device: str = "auto"  # "auto" (cuda, then mps, then cpu) or a torch device string
     recipe: str = "quick"  # the named recipe these fields came from (ulviz.recipes): quick or paper
     augment: str = "none"  # training-batch augmentation: none, crop (pad 4), crop_flip (pad 4 + mirror)
@@ -57,15 +63,15 @@ class TrainConfig:
 @dataclass(frozen=True)
 class SALConfig:
     estimator: str = "none"  # per-epoch SAL during training: "exact", "fast" or "none"
-    iters: int = 10  # rounds of the min/max search
-    lr_min: float = 0.1  # step size of the descent copy
-    lr_max: float = 0.1  # step size of the ascent copy
-    eps: float = 0.05  # relative radius: ||W - W0|| <= eps * ||W0||
-    batch_size: int = 256  # minibatch size of the search and its evaluations
+    iters: int = _limits(10, ge=1)  # rounds of the min/max search
+    lr_min: float = _limits(0.1, gt=0)  # step size of the descent copy
+    lr_max: float = _limits(0.1, gt=0)  # step size of the ascent copy
+    eps: float = _limits(0.05, gt=0)  # relative radius: ||W - W0|| <= eps * ||W0||
+    batch_size: int = _limits(256, ge=1)  # minibatch size of the search and its evaluations
     split: str = "train"  # "train" (the data the run trained on) or "test" (clean test set)
-    subset: int | None = None  # use only the first N samples of the split
+    subset: int | None = _limits(None, ge=1)  # use only the first N samples of the split
     shuffle: bool = False  # reshuffle the data each round (numbers then depend on the seed)
-    seed: int = 0  # seed of the shuffling
+    seed: int = _limits(0, ge=0)  # seed of the shuffling
 
 
 @dataclass(frozen=True)
@@ -161,3 +167,26 @@ def _is_kind(value, kind: type) -> bool:
     if kind is float:
         return isinstance(value, (int, float))
     return isinstance(value, kind)
+
+
+def check_numbers(config, where: str = "") -> None:
+    """Refuse a numeric field of `config` (any of the dataclasses above, nested ones included) of
+    the wrong type or outside its range, naming it by its dotted path ("train.epochs must be at
+    least 1, got -1"): a zero batch size or a negative epoch count is one clear error before
+    anything runs, never an empty "complete" run or a traceback midway."""
+    for f in dataclasses.fields(config):
+        value, name = getattr(config, f.name), f"{where}{f.name}"
+        if dataclasses.is_dataclass(value):
+            check_numbers(value, name + ".")
+        elif "limits" in f.metadata and value is not None:
+            _check_number(name, value, int if str(f.type).startswith("int") else float, *f.metadata["limits"])
+
+
+def _check_number(name: str, value, kind: type, ge, gt, le, lt) -> None:
+    import math
+    if not _is_kind(value, kind) or (kind is float and not math.isfinite(value)):
+        raise UlvizError(f"{name} must be {'a finite number' if kind is float else 'an integer'}, got {value!r}")
+    for bound, ok, words in ((ge, lambda b: value >= b, "at least"), (gt, lambda b: value > b, "greater than"),
+                             (le, lambda b: value <= b, "at most"), (lt, lambda b: value < b, "less than")):
+        if bound is not None and not ok(bound):
+            raise UlvizError(f"{name} must be {words} {bound}, got {value!r}")

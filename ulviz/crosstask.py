@@ -84,13 +84,13 @@ def final_iou(run) -> float:
 
 
 def crosstask_table(paths: Iterable[str | Path], probe: bool = True) -> pd.DataFrame:
-    """One row per run: method, task, metric, score, ratio to the clean run of its task (trained on
-    the same dataset with the same model: a digits run is not compared with a CIFAR-10 clean run),
-    probe accuracy and UD against that clean run (NaN where the run or its clean run has no SAL, or
-    where it has no such clean run)."""
+    """One row per run: method, task, metric, score, ratio to its clean twin (the clean run of the
+    same task trained the same way: data, model and width, recipe, seed, defenses;
+    :func:`ulviz.ud.clean_twin_key`), probe accuracy and UD against that twin (NaN where the run
+    or its twin has no SAL, or where it has no twin among `paths`)."""
     from .probe import linear_probe
     from .store import open_run, run_labels
-    from .ud import group_ud
+    from .ud import clean_twin_key, group_ud
 
     runs = [open_run(p) for p in paths]
     rows = []
@@ -98,7 +98,7 @@ def crosstask_table(paths: Iterable[str | Path], probe: bool = True) -> pd.DataF
         metric, score = task_score(run)
         rows.append({"run": label, "method": run.config.poison.method, "label": run.name,
                      "task": run.config.train.task, "metric": metric,
-                     "_reference": (run.config.train.task, run.config.data.name, run.config.model.name),
+                     "_reference": clean_twin_key(run.config),
                      "score": score, "probe": linear_probe(run.path).test_acc if probe else np.nan, "_run": run})
     table = pd.DataFrame(rows)
     if table.empty:

@@ -69,11 +69,13 @@ class DefenseStudy:
 
 
 def defense_study(paths: Iterable[str | Path]) -> DefenseStudy:
-    """The study of the run files `paths`, grouped by their defenses; the method label is the
-    run's name. Runs without SAL (or whose clean run has none) get accuracy and ratio, no UD."""
+    """The study of the run files `paths`, shown by defense; the method label is the run's name.
+    Each run's ratio and UD are against its clean twin (:func:`ulviz.ud.clean_twin_key`: the
+    clean run trained the same way, under the same defenses). Runs without SAL (or whose clean
+    twin has none) get accuracy and ratio, no UD."""
     from .errors import UlvizError
     from .store import open_run
-    from .ud import clean_member, group_ud
+    from .ud import clean_member, clean_twin_key, group_ud
 
     runs = [open_run(p) for p in paths]
     rows = [{"method": r.name, "defense": defense_label(list(r.config.train.defenses)),
@@ -81,11 +83,14 @@ def defense_study(paths: Iterable[str | Path]) -> DefenseStudy:
     table = pd.DataFrame(rows, columns=["method", "defense", "accuracy", "run"])
     table["ratio"], table["UD"], table["learnable"] = np.nan, np.nan, np.nan
     layer_rows, notes = [], []
-    for defense, group in table.groupby("defense", sort=False):
+    table["_twin"] = [clean_twin_key(r.config) for r in runs]
+    for _, group in table.groupby("_twin", sort=False):
         members = {i: runs[i] for i in group.index}
         clean = clean_member(members)
+        defense = group["defense"].iloc[0]
         if clean is None:
-            notes.append(f"{defense}: no clean run trained under this defense, so no ratio or UD")
+            notes.append(f"{', '.join(group['method'])} under {defense}: no clean run trained the same way under this "
+                         "defense, so no ratio or UD")
             continue
         table.loc[group.index, "ratio"] = group["accuracy"] / table.at[clean, "accuracy"]
         try:

@@ -135,6 +135,7 @@ def make_demo(out: str | Path | None = None, epochs: int | None = None, progress
 
     s = demo_study(study)
     out = Path(out) if out is not None else s.out
+    out.mkdir(parents=True, exist_ok=True)  # the study owns this directory
     configs = demo_configs(study, epochs, methods)
     paths, clock = [], _Clock(progress)
     for config in configs:

@@ -44,6 +44,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
+from .config import check_numbers
 from .devices import compute_device
 from .errors import UlvizError, UnknownNameError
 from .models import build_model, model_stages, weight_layer_names
@@ -565,6 +566,7 @@ def compute_run_sal(path, config, *, device=None, progress: Callable[[int, int],
 
     if config.estimator not in ESTIMATORS:
         raise UnknownNameError("SAL estimator", config.estimator, list(ESTIMATORS))
+    check_numbers(config)
     run = open_run(path)
     # what the run trained on, in its task (SAL measures the task's loss: rotations, masks, ...)
     dataset = training_data(run.config, load_dataset(run.config.data), protected=config.split == "train")

@@ -90,6 +90,19 @@ def _lock_busy(error: OSError | str) -> bool:
 
 # -- writing ---------------------------------------------------------------------------------
 
+def check_new_run_path(path: str | Path, overwrite: bool = False) -> Path:
+    """`path` as a Path, after refusing one that exists (unless `overwrite`) or whose directory
+    does not: a mistyped --out is one clear error, never a directory made at the filesystem root."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise RunFileError(path, "already exists; choose another --out or pass --overwrite")
+    if path.is_dir():
+        raise RunFileError(path, "is a directory; give a file name such as run.h5")
+    if not path.parent.is_dir():
+        raise RunFileError(path, f"its directory {path.parent} does not exist; create it first (mkdir -p {path.parent})")
+    return path
+
+
 class RunWriter:
     """Appends epochs to a new run file. Use :meth:`create`, then :meth:`append_epoch` per epoch."""
 
@@ -100,10 +113,7 @@ class RunWriter:
     def create(cls, path: str | Path, config: RunConfig, state: dict[str, torch.Tensor],
                param_names: list[str], layer_names: list[str], overwrite: bool = False) -> "RunWriter":
         """A new run file for a model whose state_dict is `state`, ready for SWMR appends."""
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise RunFileError(path, "already exists; choose another --out or pass --overwrite")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = check_new_run_path(path, overwrite)
         f = _h5file(path, "w", libver="latest")
         try:
             _init_layout(f, config, state, param_names, layer_names)

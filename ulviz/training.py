@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .config import RunConfig
+from .config import RunConfig, check_numbers
 from .data import Dataset, list_datasets, load_dataset
 from .devices import compute_device
 from .errors import DivergedError, RunFileError, UlvizError, UnknownNameError
@@ -27,7 +27,7 @@ from .steps import evaluate, train_epoch
 from .tasks import check_task_model
 from .defenses import batch_defense, check_defenses
 from .trainset import training_data
-from .store import RunWriter, open_run, reopen_for_resume
+from .store import RunWriter, check_new_run_path, open_run, reopen_for_resume
 
 __all__ = ["EpochContext", "TrainResult", "build_model", "evaluate", "lr_at", "make_optimizer", "resume", "train",
            "train_epoch"]
@@ -92,6 +92,9 @@ def train(config: RunConfig, out: str | Path | None = None, *, callbacks: Sequen
     `dataset` skips loading when the caller already has it (its training set is then protected
     by `config.poison` here, as when loaded).
     """
+    check_config(config)  # before the data loads or a poison is generated: bad input costs nothing
+    if out is not None:
+        check_new_run_path(out, overwrite)
     device, poisoned, model, optimizer = _setup(config, dataset)
     param_names = [n for n, _ in model.named_parameters()]
     writer = None
@@ -148,6 +151,7 @@ def check_config(config: RunConfig) -> None:
         raise UnknownNameError("budget convention", config.poison.budget, list_budgets())
     check_task_model(config.train.task, config.model.name)
     check_defenses(config.train.defenses)
+    check_numbers(config)
 
 
 def _setup(config: RunConfig, dataset: Dataset | None = None):

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .accuracy import LAST_K, accuracy_summary
-from .errors import UlvizError
+from .errors import UlvizError, UnknownNameError
 
 if TYPE_CHECKING:  # pandas is imported where a table is built
     import pandas as pd
@@ -64,8 +64,20 @@ def two_means_midpoint(values: np.ndarray) -> float:
     return float((lo + hi) / 2)
 
 
-def clean_threshold(clean_sal: np.ndarray) -> tuple[float, np.ndarray, list[str]]:
-    """The UD threshold from the clean run's (epochs x layers) SAL, with per-epoch midpoints."""
+THRESHOLD_RULES = ("midpoint", "kmeans", "percentile")  # see clean_threshold
+
+
+def clean_threshold(clean_sal: np.ndarray, rule: str = "midpoint", *, seed: int | None = None,
+                    q: float = 50.0) -> tuple[float, np.ndarray, list[str]]:
+    """The UD threshold from the clean run's (epochs x layers) SAL, with per-epoch values.
+
+    `rule`: "midpoint" (the default): per epoch the midpoint of the exact 1-D 2-means centres,
+    averaged over epochs. "kmeans": the same with scikit-learn's ``KMeans(n_clusters=2)`` as the
+    original code calls it (k-means++ seeding, one start; `seed` None draws it afresh, so two calls
+    may differ: kept for parity with the original's numbers). "percentile": the `q`-th
+    percentile of every finite clean SAL value (no clustering; a robustness check)."""
+    if rule not in THRESHOLD_RULES:
+        raise UnknownNameError("threshold rule", rule, list(THRESHOLD_RULES))
     sal = _matrix(clean_sal, "clean run")
     notes = []
     mids = []
@@ -74,13 +86,22 @@ def clean_threshold(clean_sal: np.ndarray) -> tuple[float, np.ndarray, list[str]
         if len(finite) < len(row):
             notes.append(f"clean run: epoch row {e} has {len(row) - len(finite)} NaN/inf SAL value(s), skipped")
         if len(finite) >= 2:
-            mids.append(two_means_midpoint(finite))
+            mids.append(two_means_midpoint(finite) if rule != "kmeans" else _kmeans_midpoint(finite, seed))
     if not mids:
         raise UlvizError("clean run has no epoch with two finite SAL values: no threshold can be set")
     finite_all = sal[np.isfinite(sal)]
     if np.ptp(finite_all) == 0:
         raise UlvizError("clean run's SAL values are all equal: no spread to set a threshold from")
+    if rule == "percentile":
+        return float(np.percentile(finite_all, q)), np.array(mids), notes
     return float(np.mean(mids)), np.array(mids), notes
+
+
+def _kmeans_midpoint(values: np.ndarray, seed: int | None) -> float:
+    """Midpoint of the two centres scikit-learn's KMeans(n_clusters=2) finds (may be a local optimum)."""
+    from sklearn.cluster import KMeans
+    centres = KMeans(n_clusters=2, n_init=1, random_state=seed).fit(values.reshape(-1, 1)).cluster_centers_[:, 0]
+    return float(centres.mean())
 
 
 def learnable_counts(sal: np.ndarray, threshold: float, name: str = "run") -> tuple[float, np.ndarray, np.ndarray, list[str]]:
@@ -101,8 +122,10 @@ def learnable_counts(sal: np.ndarray, threshold: float, name: str = "run") -> tu
     return count, per_epoch, per_layer, notes
 
 
-def unlearnable_distance(clean_sal: np.ndarray, runs_sal: dict[str, np.ndarray] | list[np.ndarray]) -> UDResult:
-    """Threshold from `clean_sal` (epochs x layers) and the UD of each run in `runs_sal`.
+def unlearnable_distance(clean_sal: np.ndarray, runs_sal: dict[str, np.ndarray] | list[np.ndarray], *,
+                         rule: str = "midpoint", seed: int | None = None, q: float = 50.0) -> UDResult:
+    """Threshold from `clean_sal` (epochs x layers) by `rule` (:func:`clean_threshold`) and the
+    UD of each run in `runs_sal`.
 
     Runs with another number of layers are refused; another number of epochs, or NaN values,
     give a :class:`UDWarning` (the count is per epoch, so it stays comparable).
@@ -110,7 +133,7 @@ def unlearnable_distance(clean_sal: np.ndarray, runs_sal: dict[str, np.ndarray] 
     if not isinstance(runs_sal, dict):
         runs_sal = {f"run{i}": v for i, v in enumerate(runs_sal)}
     clean = _matrix(clean_sal, "clean run")
-    threshold, mids, notes = clean_threshold(clean)
+    threshold, mids, notes = clean_threshold(clean, rule, seed=seed, q=q)
     clean_count, *_, more = learnable_counts(clean, threshold, "clean run")
     notes += more
     if clean_count == 0:
@@ -346,13 +369,27 @@ def _variant_key(config):
     return replace(config, name="", train=replace(config.train, seed=0)).to_json()
 
 
-def _clean_twin_key(config):
-    """The config of the clean run a protected run is compared with: the same in everything
-    (seed included) but its name and protection."""
+def clean_twin_key(config) -> str:
+    """The config of the clean run a protected run is compared with, as a key: the same in
+    everything that shapes training (data, model and width, recipe, seed, defenses, task) but its
+    protection. Left out as well: the name, and what does not change the weights (the SAL measured
+    during training, the device string, "auto" or "cuda"). Every table pairs runs by this rule,
+    never by name or layer list: two clean runs of other widths in one directory are not twins."""
     from dataclasses import replace
 
-    from .config import PoisonConfig
-    return replace(config, name="", poison=PoisonConfig("clean")).to_json()
+    from .config import PoisonConfig, SALConfig
+    return replace(config, name="", poison=PoisonConfig("clean"), sal=SALConfig(),
+                   train=replace(config.train, device="")).to_json()
+
+
+def clean_twins(runs: dict) -> dict:
+    """Key -> the key of its clean twin among `runs` (key -> Run), for every run that has one
+    (a clean run is its own twin; of several identical clean runs the first is the twin)."""
+    first = {}
+    for k, r in runs.items():
+        if r.config.poison.method == "clean":
+            first.setdefault(clean_twin_key(r.config), k)
+    return {k: first[t] for k, r in runs.items() if (t := clean_twin_key(r.config)) in first}
 
 
 ACCURACIES = ("final", "last", "peak")  # the three readings of a run's accuracy (ulviz.accuracy)
@@ -377,13 +414,13 @@ def seed_table(paths, variants: dict | None = None, k: int = LAST_K) -> "pd.Data
     twins = {}
     for r in runs:
         if r.config.poison.method == "clean":
-            twins.setdefault(_clean_twin_key(r.config), r)
+            twins.setdefault(clean_twin_key(r.config), r)
     names = {}
     for r in runs:  # one label per variant: the first run's name without its seed
         names.setdefault(_variant_key(r.config), _SEED_TOKEN.sub("", r.name) or r.name)
     rows = []
     for r in runs:
-        twin = twins.get(_clean_twin_key(r.config))
+        twin = twins.get(clean_twin_key(r.config))
         ud = np.nan
         if twin is not None:
             result = group_ud({"twin": twin, "run": r})[1]

@@ -1,0 +1,140 @@
+"""How much UD moves with the choices made in measuring it.
+
+For run files of one clean run and protected runs of the same seed (by default the seed-0 runs of
+benchmarks/poison_effect.py), exact SAL is computed post hoc (in memory, never written into the
+run files) on the images each run trained on, under each variant of one choice at a time, the
+others held at the reference (512 images, eps 0.05, the SAL epochs given, the 2-means midpoint):
+
+- the SAL sample count: 128 / 512 / 1024 / all images;
+- the radius eps: 0.025 / 0.05 / 0.1;
+- the epochs: every one given / the last half / the last one;
+- the threshold rule: the exact 2-means midpoint; scikit-learn's KMeans(n_clusters=2) with a
+  random start, as the original calls it (the range over 10 draws); the clean SAL's median and
+  75th percentile.
+
+    .venv/bin/python benchmarks/ud_sensitivity.py benchmarks/runs/poison_effect/*_seed-0.h5 --epochs 5,10,...,40
+
+SAL matrices are cached beside the runs (`<runs dir>/sensitivity/*.npy`, keyed by the run file's
+creation stamp and the setting), so a rerun only adds what is missing.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = dict(subset=512, eps=0.05)
+SUBSETS = (128, 512, 1024, None)  # None = every image the run trained on
+RADII = (0.025, 0.05, 0.1)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", help="run files: one clean run and protected runs of the same seed")
+    p.add_argument("--epochs", required=True, help="epochs to measure SAL at, e.g. 5,10,15,20")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--workers", type=int, default=1, help="run files measured at once (processes)")
+    p.add_argument("--out", help="also write the report (markdown) here")
+    args = p.parse_args()
+    epochs = [int(e) for e in args.epochs.split(",")]
+    settings = [dict(REFERENCE, subset=s) for s in SUBSETS] + [dict(REFERENCE, eps=e) for e in RADII if e != 0.05]
+    jobs = [(path, s, epochs, args.device) for path in args.runs for s in settings]
+    start = time.perf_counter()
+    if args.workers > 1:
+        import multiprocessing
+        with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(_star, jobs))
+    else:
+        results = [_star(job) for job in jobs]
+    sal = {(path, _label(s)): m for (path, s, _, _), m in zip(jobs, results)}
+    report = _report(args, epochs, sal, time.perf_counter() - start)
+    print(report)
+    if args.out:
+        Path(args.out).write_text(report)
+
+
+def _label(setting: dict) -> str:
+    return f"n={setting['subset'] or 'all'}, eps={setting['eps']}"
+
+
+def _star(job):
+    return sal_matrix(*job)
+
+
+def sal_matrix(path: str, setting: dict, epochs: list[int], device: str) -> np.ndarray:
+    """(epochs x layers) exact SAL of a run file under `setting`, from the cache when there."""
+    from ulviz import open_run
+    from ulviz.data import load_dataset
+    from ulviz.models import build_model, weight_layer_names
+    from ulviz.sal import layer_sal, sal_arrays, sal_data
+    from ulviz.trainset import run_training_data
+
+    run = open_run(path)
+    key = hashlib.sha256(f"{run.created}|{sorted(setting.items())}|{epochs}".encode()).hexdigest()[:12]
+    cache = Path(path).parent / "sensitivity" / f"{Path(path).stem}-{key}.npy"
+    if cache.exists():
+        return np.load(cache)
+    data = run_training_data(run, load_dataset(run.config.data), protected=True)  # what it trained on
+    x, y = sal_data(data, "train")
+    model = build_model(run.config, data)
+    rows = []
+    for epoch in epochs:
+        model.load_state_dict(run.snapshot(epoch))
+        records = layer_sal(model, (x, y), estimator="exact", eps=setting["eps"], subset=setting["subset"],
+                            device=device)
+        rows.append(sal_arrays(records, weight_layer_names(model))["sal"])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.save(cache, np.array(rows))
+    print(f"{Path(path).stem} {_label(setting)} done", flush=True)
+    return np.array(rows)
+
+
+def _report(args, epochs, sal, seconds) -> str:
+    from ulviz import open_run
+    from ulviz.ud import unlearnable_distance
+
+    runs = {path: open_run(path) for path in args.runs}
+    clean = next(p for p, r in runs.items() if r.config.poison.method == "clean")
+    others = [p for p in args.runs if p != clean]
+    names = {p: runs[p].name for p in args.runs}
+    ref = _label(REFERENCE)
+    cols = {}
+
+    def ud(label, rows=slice(None), **rule):
+        c = sal[(clean, label)][rows]
+        return {names[p]: unlearnable_distance(c, {"r": sal[(p, label)][rows]}, **rule).ud["r"] for p in others}
+
+    for s in SUBSETS:
+        cols[f"n={s or 'all'}"] = ud(_label(dict(REFERENCE, subset=s)))
+    for e in RADII:
+        cols[f"eps={e}"] = ud(_label(dict(REFERENCE, eps=e)))
+    half = len(epochs) // 2
+    cols[f"epochs {epochs[half]}-{epochs[-1]}"] = ud(ref, slice(half, None))
+    cols[f"epoch {epochs[-1]}"] = ud(ref, slice(-1, None))
+    draws = [ud(ref, rule="kmeans", seed=s) for s in range(10)]
+    cols["kmeans (10 draws)"] = {n: f"{min(d[n] for d in draws):.2f}-{max(d[n] for d in draws):.2f}" for n in draws[0]}
+    cols["median rule"] = ud(ref, rule="percentile", q=50)
+    cols["75th pct rule"] = ud(ref, rule="percentile", q=75)
+    table = pd.DataFrame(cols)
+    rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    first = runs[clean].config
+    return (f"# UD sensitivity: {first.model.name} (width {first.model.width}) on {first.data.name}, seed "
+            f"{first.train.seed}\n\n- command: `python {' '.join(sys.argv)}`\n- code revision: {rev}; date: "
+            f"{date.today().isoformat()}; device: {args.device}; {seconds:.0f} s\n"
+            f"- reference setting: exact SAL (10 rounds, lr 0.1) on the first 512 images each run trained on, eps "
+            f"0.05, at epochs {epochs}, threshold the clean run's 2-means midpoint; each column changes one choice\n"
+            f"- UD of each protected run against the clean run of the same seed\n\n```\n"
+            + table.to_string(float_format=lambda v: f"{v:.2f}") + "\n```\n")
+
+
+if __name__ == "__main__":
+    main()
