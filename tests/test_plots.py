@@ -90,9 +90,7 @@ def test_no_figure_carries_a_theme_placeholder_colour():
 
 def test_run_colours_are_stable_whichever_runs_a_figure_shows():
     colours = plots.run_colours(["clean", "em", "ops"])
-    assert colours == {"clean": plots.PALETTE[0], "em": plots.PALETTE[1], "ops": plots.PALETTE[2]}
-    many = plots.run_colours([f"r{i}" for i in range(len(plots.PALETTE) + 1)])
-    assert many[f"r{len(plots.PALETTE)}"] == plots.PALETTE[0]  # cycles past the palette
+    assert len(set(colours.values())) == 3
     # a figure of only "ops" draws it in its colour, not in the first palette colour
     fig = plots.metrics_figure({"ops": _metrics()}, colours)
     assert {t.line.color for t in fig.data} == {colours["ops"]}
@@ -137,3 +135,19 @@ def test_sal_histogram_title_names_its_epochs():
     assert fig.layout.title.text.endswith("epochs 3–5")
     assert "all epochs" in plots.sal_histogram({"clean": np.array([[0.1]])}, None).layout.title.text
     assert json.loads(fig.to_json())  # serializable as Streamlit sends it
+
+
+def test_a_run_keeps_its_colour_when_runs_are_added_and_colours_stay_distinct():
+    """The issue's case: em-class went orange -> purple -> brown as runs were added, and with 12
+    runs clean and random were both blue. Runs are (label, identity, is_clean), oldest first."""
+    runs = [("clean", "t0|clean.h5", True)] + [(f"m{i}", f"t{i}|m{i}.h5", False) for i in range(1, 30)]
+    first = plots.run_colours(runs[:3])
+    for n in range(3, len(runs) + 1):
+        now = plots.run_colours(runs[:n])
+        assert all(now[k] == v for k, v in first.items())  # nobody older changes colour
+        assert len(set(now.values())) == n  # all distinct, also past the palette
+        first = now
+    assert first["clean"] == plots.RUN_PALETTE[0]
+    # a renamed run (the name changes, the file and its creation stamp do not) keeps its colour
+    renamed = plots.run_colours([(("em-renamed" if k == "m4" else k), i, c) for k, i, c in runs])
+    assert renamed["em-renamed"] == first["m4"]

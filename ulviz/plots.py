@@ -28,12 +28,37 @@ def _scale(name: str) -> list[list]:
 SAL_SCALE = _scale("Magma")  # dark = SAL near 0 (nothing left to learn), bright = high SAL (learnable)
 
 
-def run_colours(labels: Iterable[str]) -> dict[str, str]:
-    """One colour per run label, PALETTE colours given in the order of `labels` (cycling past
-    nine). Pass every run of the study in a fixed order (the dashboard: all readable runs of the
-    data directory, clean runs first, then by label) so a run keeps its colour on every page,
-    whichever runs a figure shows."""
-    return {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(dict.fromkeys(labels))}
+# Colours of runs: PALETTE's nine, then eleven more from plotly's Dark24 and Light24 that stay
+# apart from them on a white page; past twenty, hues spaced by the golden angle.
+RUN_PALETTE = PALETTE + ["#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d",
+                         "#31a354", "#756bb1", "#636363"]
+
+
+def run_colours(runs: Iterable) -> dict[str, str]:
+    """label -> colour for runs given as labels or as (label, identity, is_clean) in order of age.
+
+    A run's colour derives from its identity (the dashboard passes the file's creation stamp and
+    path): it takes the RUN_PALETTE colour its identity hashes to (clean runs prefer the first,
+    blue), or the next one no older run holds. So adding or renaming a run never recolours the
+    others, and the runs of one study keep distinct colours (up to twenty from the palette, then
+    golden-angle hues)."""
+    import hashlib
+    import colorsys
+
+    taken, out = set(), {}
+    for item in runs:
+        label, identity, clean = (item, item, False) if isinstance(item, str) else item
+        if label in out:
+            continue
+        start = 0 if clean else int(hashlib.sha256(str(identity).encode()).hexdigest(), 16) % len(RUN_PALETTE)
+        free = [RUN_PALETTE[(start + k) % len(RUN_PALETTE)] for k in range(len(RUN_PALETTE))]
+        colour = next((c for c in free if c not in taken), None)
+        if colour is None:  # past the palette: hues spaced by the golden angle, darkish for white pages
+            r, g, b = colorsys.hls_to_rgb((len(taken) * 0.618034) % 1.0, 0.42, 0.65)
+            colour = f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}"
+        taken.add(colour)
+        out[label] = colour
+    return out
 
 
 def _colour(colours: dict[str, str] | None, name: str, i: int) -> str:

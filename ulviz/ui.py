@@ -164,10 +164,13 @@ def label_of(path, directory: Path | None = None) -> str:
 
 
 def colours(directory: Path | None = None) -> dict[str, str]:
-    """label -> colour for every readable run of the data directory (hidden ones included), clean
-    runs first, then by label: the same run has the same colour on every page and figure."""
+    """label -> colour for every readable run of the data directory (hidden ones included), from
+    each run's identity (its creation stamp and file), oldest first: the same run has the same
+    colour on every page and figure, and keeps it when runs are added (plots.run_colours)."""
     runs, _ = all_runs(chosen_data_dir() if directory is None else directory)
-    return plots.run_colours(clean_first(runs))
+    by_age = sorted(runs.items(), key=lambda item: (item[1].created, str(item[1].path)))
+    return plots.run_colours([(label, f"{run.created}|{Path(run.path).resolve()}", is_clean(run))
+                              for label, run in by_age])
 
 
 def is_clean(run) -> bool:
