@@ -21,7 +21,7 @@ def test_labels_name_only_changed_parameters():
     assert defense_label([]) == NONE
     assert defense_label([{"name": "jpeg", "params": {"quality": 10}}]) == "jpeg"
     assert defense_label([{"name": "jpeg", "params": {"quality": 30}}, {"name": "mixup", "params": {}}]) == "jpeg(quality=30)+mixup"
-    assert defense_label([{"name": "at", "params": {"steps": 2, "alpha": 4 / 255}}]) == "at(steps=2, alpha=0.01569)"
+    assert defense_label([{"name": "at", "params": {"steps": 2, "alpha": 4 / 255}}]) == "at(steps=2, alpha=4/255)"
 
 
 def test_grid_has_a_clean_run_under_every_defense():
@@ -115,6 +115,10 @@ def test_heatmaps_write_the_values_on_the_cells():
     assert fig.data[0].text[1][0] == "0.21<br>(0.45)" and fig.data[0].text[1][1] == ""  # no run: empty cell
     assert list(fig.data[0].z[1][:1]) == [0.45]  # coloured by the ratio
     ud = plots.defense_heatmap(pd.DataFrame({"none": [1.0, 1.24]}, index=["clean", "em"]), "UD")
-    assert ud.data[0].text[1][0] == "1.24" and ud.data[0].zmin == 0 and ud.data[0].zmax == 2
+    assert ud.data[0].text[1][0] == "1.24" and ud.data[0].zmin == -1 and ud.data[0].zmax == 1
+    # diverging around UD = 1 on a log scale: 1 at the centre, 0.5 and 2 equally far from it
+    assert ud.data[0].z[0][0] == 0 and ud.data[0].z[1][0] == pytest.approx(np.log2(1.24))
+    far = plots.defense_heatmap(pd.DataFrame({"none": [0.5, 4.0]}, index=["a", "b"]), "UD")
+    assert far.data[0].zmax == 2 and list(np.ravel(far.data[0].z)) == [-1.0, 2.0]
     bars = plots.defense_layers(pd.DataFrame({"none": [1.0, 0.25], "jpeg": [0.5, 0.0]}, index=["conv1", "fc"]), "em")
     assert [t.name for t in bars.data] == ["em · none", "em · jpeg"] and list(bars.data[0].y) == [100.0, 25.0]

@@ -95,7 +95,7 @@ def test_run_colours_are_stable_whichever_runs_a_figure_shows():
     fig = plots.metrics_figure({"ops": _metrics()}, colours)
     assert {t.line.color for t in fig.data} == {colours["ops"]}
     hist = plots.sal_histogram({"em": np.array([0.1, 0.2])}, None, colours=colours)
-    assert hist.data[0].marker.color == colours["em"]
+    assert hist.data[0].line.color == colours["em"]
     lines = plots.landscape_lines({"ops": _land("line")}, colours=colours)
     assert lines.data[0].line.color == colours["ops"]
     plane = SimpleNamespace(coords=[np.zeros((3, 2))], explained=np.array([0.6, 0.3]))
@@ -151,3 +151,12 @@ def test_a_run_keeps_its_colour_when_runs_are_added_and_colours_stay_distinct():
     # a renamed run (the name changes, the file and its creation stamp do not) keeps its colour
     renamed = plots.run_colours([(("em-renamed" if k == "m4" else k), i, c) for k, i, c in runs])
     assert renamed["em-renamed"] == first["m4"]
+
+
+def test_sal_histogram_outlines_count_every_value_once():
+    v = {"a": np.array([0.0, 0.1, 0.1, 0.9, np.nan]), "b": np.array([0.5, 1.0])}
+    fig = plots.sal_histogram(v, 0.3, bins=10)
+    for trace, values in zip(fig.data, v.values()):
+        counts = np.asarray(trace.y)[::2]  # each bin is drawn as a flat step of two points
+        assert counts.sum() == np.isfinite(values).sum() and trace.mode == "lines"
+    assert fig.layout.xaxis.exponentformat == "e"

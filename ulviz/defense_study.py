@@ -33,9 +33,16 @@ def defense_label(specs: list[dict]) -> str:
     for spec in specs:
         defaults = get_defense(spec["name"]).defaults
         changed = {k: v for k, v in spec.get("params", {}).items() if defaults.get(k) != v}
-        args = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in changed.items())
+        args = ", ".join(f"{k}={_number(v)}" for k, v in changed.items())
         parts.append(f"{spec['name']}({args})" if args else spec["name"])
     return "+".join(parts)
+
+
+def _number(v) -> str:
+    """A parameter as a reader writes it: budgets in pixel levels (0.01569 -> 4/255)."""
+    if isinstance(v, float) and 0 < v < 1 and abs(v * 255 - round(v * 255)) < 1e-3:
+        return f"{round(v * 255)}/255"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def study_configs(base: RunConfig, methods: dict[str, PoisonConfig], defenses: dict[str, list[dict]]

@@ -201,12 +201,15 @@ def sal_histogram(sal: dict[str, np.ndarray], threshold: float | None, bins: int
     lo, hi = (float(both.min()), float(both.max())) if both.size else (0.0, 1.0)
     size = (hi - lo) / bins if hi > lo else 1.0
     for i, (name, v) in enumerate(zip(sal, values)):
-        fig.add_trace(go.Histogram(x=v, name=name, opacity=0.55, marker_color=_colour(colours, name, i),
-                                   xbins=dict(start=lo, end=hi + size, size=size)))
-    fig.update_layout(barmode="overlay")
+        # step outlines, not translucent bars: overlaid fills mix into colours no run has
+        counts, edges = np.histogram(v, bins=bins, range=(lo, hi if hi > lo else lo + 1.0))
+        fig.add_trace(go.Scatter(x=np.repeat(edges, 2)[1:-1], y=np.repeat(counts, 2), name=name, mode="lines",
+                                 line=dict(color=_colour(colours, name, i), width=2, shape="linear"),
+                                 hovertemplate=name + "<br>SAL %{x:.3g}<br>%{y} layer-epochs<extra></extra>"))
     if threshold is not None:
         fig.add_vline(x=threshold, line_dash="dash", line_color="black",
                       annotation_text=f"UD threshold {threshold:.3g}", annotation_position="top")
+    fig.update_xaxes(exponentformat="e")  # plotly's default mixes "0.001" and "100µ" on one axis
     return _layout(fig, f"Per-layer SAL, {epochs}", "SAL (loss change in the ε-ball, nats)", "layer-epochs")
 
 
@@ -374,9 +377,13 @@ def defense_heatmap(values: pd.DataFrame, kind: str, ratios: pd.DataFrame | None
         title = "Clean-test accuracy under each defense"
     else:
         text = [["" if np.isnan(u) else f"{u:.2f}" for u in row] for row in v]
-        # 0 = truly unlearnable (red), 1 = as many learnable layers as clean training (the middle)
-        heat = dict(z=v, zmin=0, zmax=2, colorscale=CROSSTASK_SCALE, colorbar=dict(title="UD"),
-                    hovertemplate="%{y} · %{x}<br>UD %{z:.3f}<extra></extra>")
+        # diverging around 1 (as many learnable layers as clean training): below 1 fewer learnable
+        # layers (towards unlearnable), above 1 more; symmetric in log, so 0.5 and 2 are equally far
+        top = max(2.0, float(np.nanmax(v)) if np.isfinite(v).any() else 2.0)
+        heat = dict(z=np.log2(np.clip(v, 1 / top, top)), zmin=-np.log2(top), zmax=np.log2(top), colorscale="RdBu",
+                    colorbar=dict(title="UD", tickvals=[-np.log2(top), -1, 0, 1, np.log2(top)],
+                                  ticktext=[f"{1 / top:.2g}", "0.5", "1", "2", f"{top:.2g}"]),
+                    customdata=v, hovertemplate="%{y} · %{x}<br>UD %{customdata:.3f}<extra></extra>")
         title = "Unlearnable Distance under each defense"
     fig = go.Figure(go.Heatmap(x=cols, y=rows, text=text, texttemplate="%{text}", **heat))
     fig.update_yaxes(autorange="reversed")
