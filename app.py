@@ -194,6 +194,13 @@ def show_jobs():
     all_jobs = jobs.poll()
     if not all_jobs:
         return
+    # a job that ended since the last look: rerun the whole page, so the runs table, the chart and
+    # the UD table above (outside this fragment) show its run without a reload
+    ended = {j.id for j in all_jobs if j.state != "queued" and not (j.state == "started" and j.alive())}
+    seen = st.session_state.get("_ended_jobs")
+    st.session_state["_ended_jobs"] = ended
+    if seen is not None and ended - seen:
+        st.rerun(scope="app")
     head, clear = st.columns([6, 1])
     head.subheader("Jobs")
     if clear.button("Clear finished jobs", help="Forget the jobs that are not queued or running "
@@ -235,7 +242,8 @@ def show_job(job):
         status = "cancelled"
     done, total = (run.epochs_done if run is not None else 0), int(job.config["train"]["epochs"])
     cols = st.columns([3, 5, 1])
-    cols[0].markdown(f"**{job.name}** · {job.config['poison']['method']} · {status}")
+    name = run.name if run is not None else job.name  # the run's own name: a rename shows here too
+    cols[0].markdown(f"**{name}** · {job.config['poison']['method']} · {status}")
     cols[1].progress(min(done / total, 1.0), text=f"epoch {done}/{total}")
     if (running or job.state == "queued") and cols[2].button("Cancel", key=f"cancel-{job.id}"):
         jobs.cancel(job.id)

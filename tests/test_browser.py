@@ -323,3 +323,31 @@ def test_open_page_does_not_slow_a_job(server, browser):
     if "Inotify queue overflowed" in server.log_tail(1_000_000):
         problems.append("the server's watcher overflowed its inotify queue:\n" + server.log_tail(1000))
     assert not problems, report + "\n" + "\n".join(problems)
+
+
+def test_runs_table_shows_a_finished_job_without_a_reload(server, browser):
+    """A job launched from the dashboard's job manager while the home page is open: once it ends,
+    the runs chart (outside the jobs fragment, drawn from the runs table's files) lists its run,
+    with no reload of the page."""
+    from ulviz.jobs import JobManager, launch_config
+
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    try:
+        _open(page, server.url)
+        legend = ("() => [...document.querySelectorAll('[data-testid=\"stPlotlyChart\"] .legendtext')]"
+                  ".some(e => e.textContent.includes('refresh-probe'))")
+        assert page.locator('[data-testid="stPlotlyChart"] .legendtext').count() > 0
+        assert not page.evaluate(legend)
+        manager = JobManager(ROOT / server.data)
+        job = manager.launch(launch_config("refresh-probe", "digits", "linear", "clean", epochs=1, sal="none"))
+        deadline = time.time() + 240
+        while manager.get(job.id).alive() or manager.get(job.id).state == "queued":
+            assert time.time() < deadline, "the job did not end"
+            manager.poll()
+            time.sleep(0.5)
+        # the fragment notices within its 2 s period and reruns the page
+        page.wait_for_function(legend, timeout=60_000)
+        _check_page(page, "home, after a job ended")
+    finally:
+        context.close()
