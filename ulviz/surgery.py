@@ -343,3 +343,25 @@ def random_layers(names: list[str], k: int, seed: int) -> list[str]:
     """`k` of `names` drawn at random (seeded), in the model's order."""
     pick = set(random.Random(seed).sample(list(names), k))
     return [n for n in names if n in pick]
+
+
+def blocks(names: list[str]) -> dict[str, list[str]]:
+    """The weight layers grouped by their top-level module, in model order (a ResNet: conv1 = the
+    stem, layer1..layer4 = the stages, linear = the head); a Sequential's children one by one."""
+    out: dict[str, list[str]] = {}
+    for n in names:
+        out.setdefault(n.split(".")[0], []).append(n)
+    return out
+
+
+def block_transplants(protected, clean, epoch: int = -1, *, patient: Patient | None = None,
+                      device=None) -> "pd.DataFrame":
+    """One transplant per block (:func:`blocks`): block, layers, accuracy, restored fraction."""
+    import pandas as pd
+    epoch = resolve_epoch(epoch, protected, clean)
+    patient = patient or Patient(protected, device)
+    rows = []
+    for block, layers in blocks(list(protected.layer_names)).items():
+        r = transplant(protected, clean, layers, epoch, patient=patient)
+        rows.append({"label": block, "layers": len(layers), "accuracy": r.accuracy, "restored": r.restored})
+    return pd.DataFrame(rows)
