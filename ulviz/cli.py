@@ -199,6 +199,7 @@ def _parser() -> argparse.ArgumentParser:
     pa.add_argument("other", nargs="?", help="a second run from the same initialization (e.g. poisoned)")
     pa.add_argument("--layer", help="the path of one tensor only")
     pa.add_argument("--csv", help="also write the coordinates as CSV")
+    _atlas_parsers(sub)
     return p
 
 
@@ -533,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {"train": _train, "info": _info, "list": _list, "sal": _sal, "ud": _ud, "demo": _demo,
                     "poison": _poison, "landscape": _landscape, "paths": _paths, "probe": _probe,
-                    "crosstask": _crosstask, "sweep": _sweep}
+                    "crosstask": _crosstask, "sweep": _sweep, "sharpness": _sharpness, "surgery": _surgery}
         rc = commands[args.command](args)
         sys.stdout.flush()  # a closed pipe shows up here, in our handler, rather than at exit
         return rc
@@ -547,6 +548,87 @@ def main(argv: list[str] | None = None) -> int:
         # point stdout at devnull so the interpreter's final flush does not raise again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+# -- the sharpness atlas and layer surgery ---------------------------------------------------
+
+def _atlas_parsers(sub) -> None:
+    from .sharpness import MEASURES, SharpnessConfig
+    from .surgery import OPS, SurgeryConfig
+
+    c = SharpnessConfig()
+    sh = sub.add_parser("sharpness", help="per-layer Hessian eigenvalue and trace, adaptive sharpness and norms of "
+                                          "a run file's epochs (stored in it, resumable)")
+    sh.add_argument("run", help="run file (.h5)")
+    sh.add_argument("--epochs", help="comma-separated epochs (default: those with SAL, else the last)")
+    sh.add_argument("--measures", default=",".join(MEASURES), help=f"comma-separated, of: {', '.join(MEASURES)}")
+    sh.add_argument("--subset", type=_count(1), default=c.subset, help="first N samples of the data")
+    sh.add_argument("--batch-size", type=_count(1), default=c.batch_size)
+    sh.add_argument("--power-iters", type=_count(1), default=c.power_iters, help="most power-iteration steps (eig)")
+    sh.add_argument("--tol", type=float, default=c.tol, help="relative change that stops the power iteration")
+    sh.add_argument("--probes", type=_count(1), default=c.probes, help="Hutchinson probes (trace)")
+    sh.add_argument("--rho", type=float, default=c.rho, help="radius of the |w|-scaled ball (adaptive)")
+    sh.add_argument("--eta", type=float, default=c.eta, help="added to |w| in the scaling (adaptive)")
+    sh.add_argument("--ascent-steps", type=_count(1), default=c.ascent_steps, help="projected ascent steps (adaptive)")
+    sh.add_argument("--split", default=c.split, choices=["train", "test"])
+    sh.add_argument("--seed", type=_count(0), default=c.seed)
+    sh.add_argument("--device", default="auto")
+    sh.add_argument("--quiet", action="store_true")
+
+    s = SurgeryConfig()
+    su = sub.add_parser("surgery", help="transplant, reset or freeze layers of a protected run; clean-test accuracy")
+    su.add_argument("run", metavar="PROTECTED.h5", help="the protected run file")
+    su.add_argument("--clean", metavar="CLEAN.h5", help="the clean twin (transplant, freeze, sal-diff)")
+    su.add_argument("--layers", default=s.layers, metavar="SPEC",
+                    help="names or prefixes (layer1,linear), all, none, sal-top:k, sal-bottom:k (most / least "
+                         "learnable under the protection) or sal-diff:k (SAL most unlike the clean run's)")
+    su.add_argument("--op", default=s.op, choices=list(OPS))
+    su.add_argument("--steps", type=_count(0), default=s.steps, help="training steps of reset and freeze")
+    su.add_argument("--epoch", type=int, default=s.epoch, help="epoch operated on (-1 = the last)")
+    su.add_argument("--data", default=s.data, choices=["clean", "protected"], help="what reset fine-tunes on")
+    su.add_argument("--seed", type=_count(0), default=s.seed)
+    su.add_argument("--device", default="auto")
+
+
+def _epoch_list(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return [int(e) for e in text.split(",")]
+    except ValueError:
+        raise UlvizError(f"--epochs takes comma-separated epoch numbers, got {text!r}") from None
+
+
+def _sharpness(args) -> int:
+    from .sharpness import LABELS, SharpnessConfig, atlas_frames, compute_run_sharpness
+
+    config = SharpnessConfig(tuple(m.strip() for m in args.measures.split(",") if m.strip()), args.subset,
+                             args.batch_size, args.power_iters, args.tol, args.probes, args.rho, args.eta,
+                             args.ascent_steps, args.split, args.seed)
+    bar = _bar(args.quiet, "sharpness epochs")
+    sharp = compute_run_sharpness(args.run, config, epochs=_epoch_list(args.epochs), device=args.device,
+                                  progress=bar)
+    if bar is not None:
+        bar.close()
+    layers = next(iter(sharp.values()))["layers"]
+    for m, frame in atlas_frames({m: sharp[m] for m in config.measures}, layers).items():
+        print(f"\n{LABELS[m]} ({m}), layers x epochs:")
+        print(frame.T.to_string(float_format=lambda v: f"{v:.4g}"))
+    return 0
+
+
+def _surgery(args) -> int:
+    from .surgery import SurgeryConfig, layer_surgery
+
+    config = SurgeryConfig(args.op, args.layers, args.epoch, args.steps, args.data, args.seed)
+    r = layer_surgery(args.run, args.clean, config, device=args.device)
+    how = "" if r.op == "transplant" else f", {r.steps} steps on {r.data} data"
+    print(f"{r.op} at epoch {r.epoch}{how}: {len(r.layers)} layer(s), {len(r.tensors)} tensor(s)")
+    print(f"layers     {', '.join(r.layers) or '(none)'}")
+    print(f"clean-test accuracy {r.accuracy:.4f} (loss {r.loss:.4f}); protected run {r.protected_accuracy:.4f}"
+          + (f", clean run {r.clean_accuracy:.4f}, restored {r.restored:.1%} of the gap"
+             if r.clean_accuracy == r.clean_accuracy else ""))
+    return 0
 
 
 if __name__ == "__main__":

@@ -525,3 +525,57 @@ def teaching_sal(sal: dict[str, np.ndarray], floor: float = 1e-8) -> go.Figure:
     fig.update_yaxes(type="log", title_text="SAL (nats, log scale)", row=1, col=1)
     fig.update_yaxes(type="log", row=1, col=2)
     return _layout(fig, "Sharpness-Aware Learnability of each weight along its path", "", "")
+
+
+# -- the sharpness atlas and layer surgery ---------------------------------------------------
+
+ATLAS_SCALE = _scale("Viridis")  # one sequential scale for every sharpness measure (signed ones included)
+
+CAPTIONS.update({
+    "atlas_heatmap": "One measure for every layer (rows) at every computed epoch (columns); both runs on one "
+                     "colour range, so equal colours mean equal values. Compare with the SAL heatmap of the same run.",
+    "atlas_rho": "Spearman rank correlation of each measure with SAL over the (epoch, layer) cells both have, per "
+                 "run: +1 = the measure orders layers exactly as SAL does, 0 = unrelated, -1 = reversed.",
+    "surgery_blocks": "Clean-test accuracy of the protected model after taking one block's layers (with their "
+                      "batch-norms) from the clean run at the same epoch; the lines are the two runs untouched.",
+})
+
+
+def shared_range(values: Iterable) -> tuple[float, float]:
+    """(lowest, highest) finite value over all `values` (arrays or DataFrames): one colour range
+    for panels of one measure drawn side by side."""
+    finite = [v[np.isfinite(v)].ravel() for v in (np.asarray(x, dtype=np.float64) for x in values)]
+    finite = np.concatenate(finite) if finite else np.array([])
+    if finite.size == 0:
+        return 0.0, 1.0
+    lo, hi = float(finite.min()), float(finite.max())
+    return lo, hi if hi > lo else lo + 1.0
+
+
+def measure_heatmap(frame: pd.DataFrame, name: str, label: str, zrange: tuple[float, float] | None = None) -> go.Figure:
+    """Layers × epochs heatmap of one sharpness measure of one run (frame: rows = epochs, columns = layers)."""
+    zmin, zmax = zrange if zrange is not None else shared_range([frame])
+    fig = go.Figure(go.Heatmap(z=frame.to_numpy().T, x=[str(e) for e in frame.index], y=list(frame.columns),
+                               colorscale=ATLAS_SCALE, zmin=zmin, zmax=zmax, colorbar=dict(title=""),
+                               hovertemplate="epoch %{x}<br>%{y}<br>" + label + " %{z:.4g}<extra></extra>"))
+    return _layout(fig, f"{label}: {name}", "epoch", "layer (weight tensor)")
+
+
+def correlation_bars(table: pd.DataFrame, colours: dict[str, str] | None = None) -> go.Figure:
+    """Spearman correlation with SAL per measure (x), one bar per run (table: run, label, rho_all)."""
+    fig = go.Figure()
+    for i, (run, rows) in enumerate(table.groupby("run", sort=False)):
+        fig.add_trace(go.Bar(x=rows["label"], y=rows["rho_all"], name=run, marker_color=_colour(colours, run, i),
+                             hovertemplate="%{x}<br>Spearman %{y:.3f}<extra>" + run + "</extra>"))
+    fig.update_yaxes(range=[-1, 1])
+    return _layout(fig, "Rank correlation of each measure with SAL", "measure", "Spearman ρ", barmode="group")
+
+
+def surgery_bars(table: pd.DataFrame, protected_acc: float, clean_acc: float, title: str) -> go.Figure:
+    """Clean-test accuracy per surgery (table: label, accuracy), with the untouched runs as lines."""
+    fig = go.Figure(go.Bar(x=table["label"], y=table["accuracy"], marker_color=PALETTE[2],
+                           hovertemplate="%{x}<br>accuracy %{y:.3f}<extra></extra>"))
+    for y, text, colour in ((protected_acc, "protected run", PALETTE[1]), (clean_acc, "clean run", PALETTE[0])):
+        if np.isfinite(y):
+            fig.add_hline(y=y, line_dash="dash", line_color=colour, annotation_text=f"{text} {y:.3f}")
+    return _layout(fig, title, "layers transplanted", "clean-test accuracy")

@@ -820,3 +820,57 @@ def read_tables(path: str | Path, kind: str) -> tuple[dict[str, pd.DataFrame], s
         raise
     except Exception as e:
         raise RunFileError(path, f"damaged summary file ({type(e).__name__}: {e})") from None
+
+
+# -- the sharpness atlas ---------------------------------------------------------------------
+#
+#    /sharpness/<measure>   attrs: layers (JSON), settings (JSON of what the values depend on)
+#                           epoch (rows,), values (rows, layers): one row per computed epoch
+#
+# Like SAL: a measure recomputed with other settings replaces its rows, rows made with the same
+# settings are kept (an interrupted computation resumes), the epoch is written after its values.
+
+def prepare_sharpness(path: str | Path, measure: str, layer_names: list[str], settings: dict) -> list[int]:
+    """Make the run file's /sharpness/<measure> group hold `settings`; the epochs already computed with them."""
+    with open_for_update(path) as f:
+        root = f.require_group("sharpness")
+        g = root.get(measure)
+        if g is not None and not (json.loads(_as_str(g.attrs.get("layers", "[]"))) == list(layer_names)
+                                  and json.loads(_as_str(g.attrs.get("settings", "{}"))) == settings):
+            del root[measure]
+            g = None
+        if g is None:
+            g = root.create_group(measure)
+            g.attrs["layers"] = _fixed(json.dumps(list(layer_names)))
+            g.attrs["settings"] = _fixed(json.dumps(settings))
+            g.create_dataset("epoch", shape=(0,), maxshape=(None,), chunks=(256,), dtype="i8")
+            g.create_dataset("values", shape=(0, len(layer_names)), maxshape=(None, len(layer_names)),
+                             chunks=(64, max(len(layer_names), 1)), dtype="f8")
+        return [int(e) for e in g["epoch"][:min(g["epoch"].shape[0], g["values"].shape[0])]]
+
+
+def append_sharpness_row(path: str | Path, measure: str, epoch: int, values: np.ndarray) -> None:
+    """Append one epoch's values (one per layer) of `measure`; the file is opened per row."""
+    with open_for_update(path) as f:
+        g = f["sharpness"][measure]
+        rows = min(g["epoch"].shape[0], g["values"].shape[0])
+        g["values"].resize(rows, axis=0)  # drop a row cut off by a kill
+        _append_row(g["values"], np.asarray(values, dtype=np.float64))
+        g["epoch"].resize(rows, axis=0)
+        _append_row(g["epoch"], epoch)
+
+
+def read_sharpness(path: str | Path) -> dict[str, dict]:
+    """measure -> {"epochs", "values" (rows sorted by epoch, one column per layer), "layers",
+    "settings"} for every measure stored in the run file; {} when none is."""
+    path = check_run_file(path)
+    out = {}
+    with _reader(path) as f:
+        for measure, g in (f["sharpness"].items() if "sharpness" in f else []):
+            rows = min(g["epoch"].shape[0], g["values"].shape[0])
+            epochs, values = np.array(g["epoch"][:rows], dtype=int), np.array(g["values"][:rows])
+            order = np.argsort(epochs, kind="stable")
+            out[measure] = {"epochs": epochs[order], "values": values[order],
+                            "layers": json.loads(_as_str(g.attrs["layers"])),
+                            "settings": json.loads(_as_str(g.attrs["settings"]))}
+    return out
