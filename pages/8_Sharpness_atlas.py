@@ -5,8 +5,8 @@ import pandas as pd
 import streamlit as st
 
 from ulviz import plots, ui
-from ulviz.sharpness import (LABELS, SharpnessConfig, atlas_frames, compute_run_sharpness, default_epochs,
-                             sal_correlations, sharpest_layers)
+from ulviz.sharpness import (DATA_MEASURES, LABELS, SharpnessConfig, atlas_frames, compute_run_sharpness,
+                             default_epochs, sal_correlations, sharpest_layers, weight_measures)
 from ulviz.store import read_sharpness
 
 ui.page("Sharpness atlas",
@@ -28,16 +28,17 @@ QUICK = SharpnessConfig(subset=128, power_iters=10, probes=4)  # what the button
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def stored(path: str, stamp: tuple) -> dict:
-    return read_sharpness(path)
+    """What the run file holds, the data-free measures filled in from its snapshots where missing."""
+    return {**weight_measures(ui.load_run(path)), **read_sharpness(path)}
 
 
 sharp = {}
 for name in chosen:
     run = runs[name]
     sharp[name] = ui.guard(stored, str(run.path), (run.path.stat().st_size, run.path.stat().st_mtime_ns)) or {}
-    if not sharp[name]:
+    if not any(m in sharp[name] for m in DATA_MEASURES):
         last = run.epochs_done
-        st.info(f"No sharpness stored for {name} yet. Compute it with `ulviz sharpness {run.path}` (at the epochs "
+        st.info(f"Only the weight norms are shown for {name}: no Hessian or adaptive sharpness stored yet. Compute it with `ulviz sharpness {run.path}` (at the epochs "
                 f"with SAL: {', '.join(map(str, default_epochs(run)))}), or here for its last epoch with few samples "
                 f"({QUICK.subset}).")
         if last >= 1 and st.button(f"Compute for {name}, epoch {last}", key=f"atlas_go_{name}"):

@@ -3,7 +3,8 @@ import pandas as pd
 import streamlit as st
 
 from ulviz import plots, ui
-from ulviz.surgery import OPS, SurgeryConfig, block_transplants, layer_surgery
+from ulviz.errors import UlvizError
+from ulviz.surgery import OPS, SurgeryConfig, block_transplants, layer_surgery, mean_sal, select_layers
 
 ui.page("Layer surgery",
         "If SAL says some layers are still learnable under a protection and others are not, giving the protected "
@@ -33,6 +34,20 @@ if op != "transplant":
     if op == "reset":
         data = d.radio("Reset trains on", ["clean", "protected"], horizontal=True, key="surgery_data")
     st.caption("Reset and freeze train: a few hundred steps take a while on a CPU.")
+
+with_sal = {n: r for n, r in ((protected, p), (clean, c)) if len(r.sal_epochs)}
+if with_sal:
+    try:
+        chosen = select_layers(spec, p, c)
+    except UlvizError:  # a bad SPEC is reported by Operate, in one box; the chart just marks nothing
+        chosen = []
+    st.plotly_chart(plots.surgery_layers({n: mean_sal(r) for n, r in with_sal.items()}, p.layer_names, chosen,
+                                         ui.colours()), width="stretch")
+    st.caption("Mean SAL of each layer over the epochs with SAL: sal-top:k picks the k highest bars of the "
+               "protected run, sal-bottom:k the lowest, sal-diff:k the layers whose bars differ most between "
+               "the two runs. The layers the current SPEC picks are marked ▶.")
+else:
+    st.info("Neither run has SAL: the SAL-based SPECs need it (`ulviz sal RUN.h5`); layer names still work.")
 
 if st.button("Operate", type="primary", key="surgery_go"):
     config = SurgeryConfig(op, spec, int(epoch), int(steps), data)

@@ -1,5 +1,7 @@
 """The sharpness-atlas and layer-surgery pages with streamlit's AppTest, on runs written here and on the demo."""
 import shutil
+
+import numpy as np
 from dataclasses import replace
 
 import pytest
@@ -35,10 +37,12 @@ def test_atlas_page_without_sharpness_offers_the_command_and_computes_on_request
     at = _app(ATLAS, tmp_path / "s", monkeypatch).run()
     assert not at.exception and not at.error
     assert any("ulviz sharpness" in i.value for i in at.info) and len(at.button) == 2
+    # before anything is computed: the data-free measures of both runs, from their snapshots
+    assert len(at.get("plotly_chart")) == 2 * 2 + 1  # norm and distance heatmaps per run, the SAL bars
     at = at.button[0].click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert set(read_sharpness(tmp_path / "s" / "clean.h5")) == {"eig", "trace", "adaptive", "norm", "dist_init"}
-    assert len(at.get("plotly_chart")) == 5 + 1  # a heatmap per measure for the run that has them, its SAL bars
+    assert len(at.get("plotly_chart")) == 3 + 2 * 2 + 1  # the data measures of one run, both runs' norms, bars
 
 
 def test_atlas_page_with_both_runs_computed(study, monkeypatch, tmp_path):
@@ -85,3 +89,16 @@ def test_pages_render_on_the_bundled_demo(page, monkeypatch, tmp_path):
     at = _app(page, tmp_path, monkeypatch).run()
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
+
+
+def test_weight_measures_from_snapshots_by_hand(study):
+    from ulviz.sharpness import weight_measures
+    run = open_run(study / "random.h5")
+    got = weight_measures(run)
+    init, last = run.snapshot(0), run.snapshot(run.epochs_done)
+    name = run.layer_names[-1]
+    j = run.layer_names.index(name)
+    assert list(got["norm"]["epochs"]) == list(range(1, run.epochs_done + 1))
+    assert got["norm"]["values"][-1, j] == pytest.approx(float(np.sqrt((last[name].double() ** 2).sum())))
+    assert got["dist_init"]["values"][-1, j] == pytest.approx(
+        float(np.sqrt(((last[name].double() - init[name].double()) ** 2).sum())))

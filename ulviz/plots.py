@@ -579,3 +579,19 @@ def surgery_bars(table: pd.DataFrame, protected_acc: float, clean_acc: float, ti
         if np.isfinite(y):
             fig.add_hline(y=y, line_dash="dash", line_color=colour, annotation_text=f"{text} {y:.3f}")
     return _layout(fig, title, "layers transplanted", "clean-test accuracy")
+
+
+def surgery_layers(sal: dict[str, np.ndarray], layers: list[str], chosen: list[str],
+                   colours: dict[str, str] | None = None) -> go.Figure:
+    """Mean SAL of each layer over its SAL epochs for each run (bars), the layers a surgery SPEC
+    picks marked on the axis: what the SAL-based SPECs choose from."""
+    fig = go.Figure()
+    for i, (name, values) in enumerate(sal.items()):
+        fig.add_trace(go.Bar(x=layers, y=values, name=name, marker_color=_colour(colours, name, i),
+                             hovertemplate="%{x}<br>mean SAL %{y:.3g}<extra>" + name + "</extra>"))
+    ticks = [f"<b>▶ {n}</b>" if n in chosen else n for n in layers]
+    fig.update_xaxes(tickvals=layers, ticktext=ticks, tickangle=-45)
+    fig.update_yaxes(exponentformat="e")
+    fig.update_layout(barmode="group")
+    return _layout(fig, "Mean SAL per layer (▶ = chosen by the SPEC)", "layer (weight tensor)", "mean SAL",
+                   height=420)

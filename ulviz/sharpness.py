@@ -300,6 +300,22 @@ def compute_run_sharpness(path, config: SharpnessConfig = SharpnessConfig(), *, 
     return read_sharpness(path)
 
 
+def weight_measures(run) -> dict[str, dict]:
+    """The data-free measures (weight norm, distance from the initial weights) of every layer at
+    every trained epoch, straight from the snapshots, in :func:`ulviz.store.read_sharpness`'s
+    format: what the atlas shows before anything is computed (no data, no Hessian: instant)."""
+    init = run.snapshot(0)
+    epochs = np.arange(1, run.epochs_done + 1)
+    norm, dist = [], []
+    for epoch in epochs:
+        w = run.snapshot(int(epoch))
+        norm.append([float(w[n].double().norm()) for n in run.layer_names])
+        dist.append([float((w[n].double() - init[n].double()).norm()) for n in run.layer_names])
+    return {m: {"epochs": epochs, "values": np.array(v).reshape(len(epochs), len(run.layer_names)),
+                "layers": list(run.layer_names), "settings": settings_of(SharpnessConfig(), m)}
+            for m, v in (("norm", norm), ("dist_init", dist))}
+
+
 def default_epochs(run) -> list[int]:
     """The epochs the atlas is computed at by default: those with SAL (to compare), else the last."""
     epochs = [int(e) for e in run.sal_epochs if 1 <= e <= run.epochs_done]
