@@ -70,7 +70,7 @@ def test_surgery_page_operates_and_transplants_blocks(study, monkeypatch, tmp_pa
     assert at.metric[0].value == f"{clean_acc:.3f}" and at.metric[1].value == f"{protected_acc:.3f}"
     assert at.metric[3].value == ("no gap" if clean_acc == protected_acc else "100%")
     at = at.button(key="surgery_blocks").click().run()
-    assert not at.exception and len(at.get("plotly_chart")) == 1
+    assert not at.exception and len(at.get("plotly_chart")) == 2  # the mean-SAL bars, then the blocks
 
 
 def test_surgery_page_reports_a_bad_spec_in_one_box(study, monkeypatch, tmp_path):
