@@ -95,6 +95,11 @@ def layer_sal(model: nn.Module, data, *, estimator: str = "exact", iters: int = 
     device = compute_device(device)
     # our own copy: the caller's model keeps its device, mode and weights whatever happens here
     net = copy.deepcopy(model).to(device).eval()
+    # frozen: every search differentiates w.r.t. its own leaf copy of one weight only. With the
+    # copy's parameters requiring grad, torch.func.grad's result stays differentiable w.r.t. them,
+    # so `w - lr * g` chained every batch's graph (and its saved activations) into the search's
+    # weights: the per-layer path on CUDA grew by a pass's activations per round (issue 26)
+    net.requires_grad_(False)
     dtype = next(net.parameters()).dtype
     x, y = _tensors(data)
     n_batches = -(-min(len(x), subset or len(x)) // batch_size)  # the exact search's SGD steps per pass
@@ -314,7 +319,7 @@ def _exact_search(suffix: _Suffix, chain: _Chain, y, loss0, acc0, st, _):
     for r in range(st["iters"]):
         for b in chain.batches(_round_order(chain, st, r)):
             h = suffix.input(b)
-            g = _pair_grads(suffix, torch.stack([w_min, w_max]), h, y[b])
+            g = _pair_grads(suffix, torch.stack([w_min, w_max]), h, y[b]).detach()  # no history kept
             w_min = w_min - st["lr_min"] * g[0]  # descent
             w_max = w_max + st["lr_max"] * g[1]  # ascent
         w_min, w_max = _project(w_min, w0, st["eps"]), _project(w_max, w0, st["eps"])
