@@ -62,14 +62,14 @@ def measured(fn, dev: torch.device) -> dict:
         base = torch.cuda.memory_allocated(dev)
     try:
         t, out = timed(fn)
-    except Exception as e:  # noqa: BLE001 - only out-of-memory is survived; anything else is a bug
-        if not is_oom(e):
-            raise
-        out = None
+    except Exception as e:  # noqa: BLE001 - one failing cell must not lose the rest of a one-shot GPU run
+        import traceback
+        traceback.print_exc()
         gc.collect()
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-        return {"error": "OOM", "detail": str(e).splitlines()[0][:120]}
+        first = (str(e).splitlines() or [""])[0][:120]
+        return {"error": "OOM" if is_oom(e) else "ERROR", "detail": f"{'OOM' if is_oom(e) else 'ERROR'} {type(e).__name__}: {first}"}
     gib = (torch.cuda.max_memory_allocated(dev) - base) / 2 ** 30 if dev.type == "cuda" else float("nan")
     return {"s": t, "gib": gib, "out": out}
 
@@ -138,7 +138,6 @@ def speed_row(label, model, x, y, iters, batch_size, device="cpu"):
     paths = {"plain": lambda: plain_loop_sal(model, x, y, **kw),
              "exact": lambda: layer_sal(model, (x, y), device=dev, batched=False, **kw),
              "batched": lambda: layer_sal(model, (x, y), device=dev, batched=True, **kw),
-             "auto": lambda: layer_sal(model, (x, y), device=dev, **kw),
              "fast": lambda: layer_sal(model, (x, y), estimator="fast", subset=len(x), device=dev, **kw)}
     results = {}
     for name, fn in paths.items():
@@ -150,7 +149,7 @@ def speed_row(label, model, x, y, iters, batch_size, device="cpu"):
         print(f"  {label}: {name}: {note}", flush=True)
     plain = results["plain"].get("out")
     row["layers"] = len(plain) if plain else None
-    for name in ("exact", "batched", "auto", "fast"):
+    for name in ("exact", "batched", "fast"):
         ok = "s" in results[name] and "s" in results["plain"]
         row[f"{name}_speedup"] = results["plain"]["s"] / results[name]["s"] if ok else float("nan")
     row["exact_vs_floor_shared"] = (results["exact"]["s"] / row["floor_shared_s"]) if "s" in results["exact"] \

@@ -21,7 +21,12 @@ def main(spec: dict) -> None:
     torch.set_num_threads(1)
     if spec.get("vmap"):
         S.VMAP_DEVICES = {"cpu"}  # the CUDA per-layer path (two copies in one vmapped call)
-    model = create_model(spec["model"], (3, 32, 32), 10, width=spec.get("width"))
+    if spec["model"] == "tiny-conv":  # cheap enough for 50,000 images in CI, with real conv activations
+        from torch import nn
+        model = nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1), nn.ReLU(), nn.Conv2d(4, 4, 3, 2, 1), nn.ReLU(),
+                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+    else:
+        model = create_model(spec["model"], (3, 32, 32), 10, width=spec.get("width"))
     n = spec["samples"]
     x, y = torch.rand(n, 3, 32, 32), torch.randint(0, 10, (n,))
     kw = dict(batch_size=spec["batch_size"], device="cpu", batched=spec["batched"], cache_bytes=spec["cache_bytes"],

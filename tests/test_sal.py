@@ -280,3 +280,26 @@ def test_peak_memory_does_not_grow_with_iters(path):
     assert more_rounds <= 0.5 * first + 32 * MB, (first / MB, more_rounds / MB)
     # and within the stated budget plus a batch's activations (2 copies x 4 layers of this cnn)
     assert first + more_rounds <= spec["cache_bytes"] + spec["memory_bytes"] + 64 * MB
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_exact_sal_on_50000_images_streams_within_its_budget(batched):
+    """Exact SAL on a CIFAR-10-sized training set (50,000 32x32 RGB images, synthetic) holds the
+    stated budget plus a batch, never the whole set's activations: one stage's output for all
+    50,000 images (4 x 16 x 16 floats each) alone is 205 MB, over the bound asserted here."""
+    spec = dict(model="tiny-conv", samples=50_000, batch_size=500, iters=[1], batched=batched,
+                cache_bytes=32 * MB, memory_bytes=32 * MB)
+    out = _peak_growth(**spec)
+    whole_set_stage = 50_000 * 4 * 16 * 16 * 4
+    bound = spec["cache_bytes"] + (spec["memory_bytes"] if batched else 0) + 48 * MB  # + a batch's activations
+    assert bound < whole_set_stage
+    assert out["growth"][0] <= bound, (out["growth"][0] / MB, bound / MB)
+
+
+def test_demo_on_a_gpu_measures_exact_sal_every_epoch_on_the_whole_set():
+    from ulviz.demo import demo_configs, demo_study, on_device
+    cpu, gpu = demo_study("cifar10"), on_device(demo_study("cifar10"), "cuda")
+    assert cpu.sal.subset == 128 and cpu.sal_epochs(16) == [2, 4, 8, 12, 16]  # what 2 cores afford
+    assert gpu.sal.estimator == "exact" and gpu.sal.subset is None and gpu.sal_epochs(16) == list(range(1, 17))
+    assert all(c.train.device == "cuda" for c in demo_configs("cifar10", device="cuda"))
+    assert on_device(cpu, None) == cpu

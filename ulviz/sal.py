@@ -110,6 +110,9 @@ def layer_sal(model: nn.Module, data, *, estimator: str = "exact", iters: int = 
     if len(x) == 0:
         raise UlvizError("SAL needs at least one sample")
     x, y = x.to(device, dtype), y.to(device)
+    if device.type in CHANNELS_LAST_DEVICES and x.dim() == 4 and any(isinstance(m, nn.Conv2d) for m in net.modules()):
+        # cuDNN's convolutions are faster on NHWC (resnet18 w64 fwd+bwd on an H200: 8.0 -> 6.4 ms)
+        net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     wanted = list(layers) if layers is not None else weight_layer_names(net)
     unknown = [n for n in wanted if n not in dict(net.named_parameters())]
     if unknown:
@@ -187,33 +190,48 @@ class _Chain:
 
     @torch.no_grad()
     def stage_input(self, s: int, b: torch.Tensor) -> torch.Tensor:
-        """The input of stage `s` for the samples `b`, from the cache when it fits in memory."""
+        """The input of stage `s` for the samples `b`, from the cache when it fits in memory,
+        else computed from the nearest cached stage before it."""
         if s not in self._cached:
             self._fill_cache(s)
-        if self._cached.get(s) is not None:
+        if self._cached[s] is not None:
             return self._cached[s][b]
-        h = self._x[b]
-        for stage in self.stages[:s]:
+        k = self._source(s)
+        h = self._cached[k][b]
+        for stage in self.stages[k:s]:
             h = stage(h)
         return h
 
+    def _source(self, s: int) -> int:
+        """The highest stage below `s` whose input is held (0, the data, always is)."""
+        return max(k for k, v in self._cached.items() if k < s and v is not None)
+
     @torch.no_grad()
     def _fill_cache(self, s: int) -> None:
-        prev = max(k for k in self._cached if k < s)
-        if self._cached[prev] is None:
-            self._cached[s] = None
+        """Cache stage `s`'s input for all samples if it fits `cache_bytes` together with the
+        cached input it is computed from; then drop every other cached stage input (the data
+        excepted), so the cache never holds more than `cache_bytes`, however many stages."""
+        k = self._source(s)
+        src, batches = self._cached[k], self.batches()
+        first = self._run(k, s, src[batches[0]])
+        held = src.numel() * src.element_size() if k != 0 else 0
+        if self.n * first[0].numel() * first.element_size() + held > self.cache_bytes:
+            self._cached[s] = None  # too big to keep: recomputed per batch instead
             return
-        outs, nbytes = [], 0
-        for b in self.batches():
-            h = self._cached[prev][b]
-            for stage in self.stages[prev:s]:
-                h = stage(h)
-            outs.append(h)
-            nbytes += h.numel() * h.element_size()
-            if nbytes > self.cache_bytes:  # too big to keep: recompute per batch instead
-                self._cached[s] = None
-                return
-        self._cached[s] = torch.cat(outs)
+        channels_last = first.dim() == 4 and first.is_contiguous(memory_format=torch.channels_last)
+        out = torch.empty((self.n, *first.shape[1:]), dtype=first.dtype, device=first.device,
+                          memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        out[batches[0]] = first
+        for b in batches[1:]:
+            out[b] = self._run(k, s, src[b])
+        for j in [j for j, v in self._cached.items() if j not in (0, s) and v is not None]:
+            del self._cached[j]  # refilled on demand if a later layer needs it again
+        self._cached[s] = out
+
+    def _run(self, k: int, s: int, h: torch.Tensor) -> torch.Tensor:
+        for stage in self.stages[k:s]:
+            h = stage(h)
+        return h
 
     @torch.no_grad()
     def evaluate_unperturbed(self, y: torch.Tensor) -> tuple[float, float]:
@@ -266,6 +284,8 @@ VMAP_DEVICES = {"cuda"}
 # per-layer search, which reuses the unperturbed prefixes, does far less arithmetic (8x faster
 # for a small cnn, measured side by side); on a GPU the per-layer search is launch-bound
 BATCHED_DEVICES = {"cuda"}
+# devices where the model and data go channels-last (NHWC) when the model has convolutions
+CHANNELS_LAST_DEVICES = {"cuda"}
 
 
 def _pair_grads(suffix: _Suffix, w_pair: torch.Tensor, h, y) -> torch.Tensor:
