@@ -303,3 +303,19 @@ def test_demo_on_a_gpu_measures_exact_sal_every_epoch_on_the_whole_set():
     assert gpu.sal.estimator == "exact" and gpu.sal.subset is None and gpu.sal_epochs(16) == list(range(1, 17))
     assert all(c.train.device == "cuda" for c in demo_configs("cifar10", device="cuda"))
     assert on_device(cpu, None) == cpu
+
+
+def test_channels_last_gives_the_plain_loops_numbers_float64(monkeypatch):
+    """The CUDA layout (model and data channels-last), forced on the CPU: both exact paths still
+    equal the plain loop."""
+    import ulviz.sal as S
+    model = _trained("cnn", width=4, epochs=1)
+    ds = load_dataset("synthetic", train_limit=64)
+    x, y = ds.x_train.double(), ds.y_train
+    monkeypatch.setattr(S, "CHANNELS_LAST_DEVICES", {"cpu"})
+    ref = reference_sal(model, x, y, iters=2, lr=0.5, eps=0.05, batch_size=32)
+    for batched in (False, True):
+        ours = layer_sal(model, (x, y), iters=2, lr_min=0.5, lr_max=0.5, batch_size=32, device="cpu", batched=batched)
+        for layer, r in ref.items():
+            for part, value in r.items():
+                assert abs(getattr(ours[layer], part) - value) <= 1e-5, (layer, part, batched)
