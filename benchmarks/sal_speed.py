@@ -14,6 +14,10 @@ Prints, for the demo model (digits, lenet5) and for resnet18 on a small 32x32 se
 from __future__ import annotations
 
 import argparse
+import copy
+import gc
+import subprocess
+import sys
 import time
 from dataclasses import replace
 
@@ -31,30 +35,159 @@ def timed(fn, repeat=1):
     for _ in range(repeat):
         start = time.perf_counter()
         out = fn()
+        sync()
         best = min(best, time.perf_counter() - start)
     return best, out
 
 
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def is_oom(e: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's failure (a plain RuntimeError)."""
+    return isinstance(e, torch.cuda.OutOfMemoryError) or (
+        isinstance(e, (RuntimeError, MemoryError)) and ("out of memory" in str(e) or "can't allocate" in str(e)
+                                                        or isinstance(e, MemoryError)))
+
+
+def measured(fn, dev: torch.device) -> dict:
+    """{"s": seconds, "gib": peak device memory (CUDA only), "out": result}, or {"error": "OOM"}
+    when `fn` runs out of memory: that cell is reported and the table goes on."""
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+    try:
+        t, out = timed(fn)
+    except Exception as e:  # noqa: BLE001 - one failing cell must not lose the rest of a one-shot GPU run
+        import traceback
+        traceback.print_exc()
+        gc.collect()
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+        first = (str(e).splitlines() or [""])[0][:120]
+        return {"error": "OOM" if is_oom(e) else "ERROR", "detail": f"{'OOM' if is_oom(e) else 'ERROR'} {type(e).__name__}: {first}"}
+    gib = (torch.cuda.max_memory_allocated(dev) - base) / 2 ** 30 if dev.type == "cuda" else float("nan")
+    return {"s": t, "gib": gib, "out": out}
+
+
+def weight_flop_fractions(model, x1) -> list[float]:
+    """For each Conv/Linear weight in order: the fraction of one forward's multiply-adds spent at
+    or after that layer (what its search must recompute, sharing the prefix before it)."""
+    macs = []
+
+    def hook(m, inp, out):
+        if isinstance(m, torch.nn.Conv2d):
+            macs.append(out.numel() * m.weight[0].numel())
+        elif isinstance(m, torch.nn.Linear):
+            macs.append(out.numel() * m.in_features)
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    try:
+        with torch.no_grad():
+            model(x1)
+    finally:
+        for h in hooks:
+            h.remove()
+    total = sum(macs)
+    return [sum(macs[i:]) / total for i in range(len(macs))]
+
+
+def search_floor(model, x, y, iters, batch_size, dev) -> dict:
+    """The search's arithmetic floor from measured passes: per layer, `iters` rounds of (two
+    copies x one forward+backward per batch) + (two copies x one forward per batch), each a full
+    model pass for the plain loop ("floor_plain") or only the part from the layer on when the
+    prefix is shared ("floor_shared", scaled by each layer's share of the multiply-adds).
+    Backward to the weights only is approximated by a full backward, so the floor is generous."""
+    net = copy.deepcopy(model).to(dev).eval()
+    xb, yb = x[:batch_size].to(dev), y[:batch_size].to(dev)
+    n_batches = -(-len(x) // batch_size)
+
+    def fwd_bwd():
+        net.zero_grad(set_to_none=True)
+        F.cross_entropy(net(xb), yb).backward()
+
+    def fwd():
+        with torch.no_grad():
+            net(xb)
+
+    for _ in range(3):  # warm-up
+        fwd_bwd(), fwd()
+    reps = 10
+    t_fb = timed(lambda: [fwd_bwd() for _ in range(reps)])[0] / reps
+    t_f = timed(lambda: [fwd() for _ in range(reps)])[0] / reps
+    fractions = weight_flop_fractions(net, xb[:1])
+    per_pass = 2 * iters * n_batches * (t_fb + t_f)
+    return dict(fwd_bwd_ms=1e3 * t_fb, floor_plain_s=per_pass * len(fractions), floor_shared_s=per_pass * sum(fractions))
+
+
 def speed_row(label, model, x, y, iters, batch_size, device="cpu"):
+    """Every path timed on the same model and data; a path that runs out of memory is reported
+    as OOM and the row goes on. Prints a line per path as it finishes."""
     kw = dict(iters=iters, batch_size=batch_size)
     dev = torch.device(device)
     model, x, y = model.to(dev), x.to(dev), y.to(dev)
     if dev.type == "cuda":  # warm-up: the first kernels of a process pay for their loading
         layer_sal(model, (x[:batch_size], y[:batch_size]), device=dev, iters=1)
-    t_plain, plain = timed(lambda: plain_loop_sal(model, x, y, **kw))
-    t_exact, exact = timed(lambda: layer_sal(model, (x, y), device=dev, batched=False, **kw))
-    t_batched, batched = timed(lambda: layer_sal(model, (x, y), device=dev, batched=True, **kw))
-    t_fast, fast = timed(lambda: layer_sal(model, (x, y), estimator="fast", subset=len(x), device=dev, **kw))
-    def diff(parts):
-        return max(abs(getattr(exact[k], p) - getattr(plain[k], p)) for k in plain for p in parts)
+        layer_sal(model, (x[:batch_size], y[:batch_size]), device=dev, iters=1, batched=True)
+    row = dict(case=label, layers=None, samples=len(x), iters=iters)
+    row.update(search_floor(model, x, y, iters, batch_size, dev))
+    paths = {"plain": lambda: plain_loop_sal(model, x, y, **kw),
+             "exact": lambda: layer_sal(model, (x, y), device=dev, batched=False, **kw),
+             "batched": lambda: layer_sal(model, (x, y), device=dev, batched=True, **kw),
+             "fast": lambda: layer_sal(model, (x, y), estimator="fast", subset=len(x), device=dev, **kw)}
+    results = {}
+    for name, fn in paths.items():
+        results[name] = r = measured(fn, dev)
+        row[f"{name}_s"] = r.get("s", r.get("error"))
+        if dev.type == "cuda":
+            row[f"{name}_gib"] = r.get("gib", r.get("error"))
+        note = r.get("detail", f"{r['s']:.3g} s" + (f", peak {r['gib']:.2f} GiB" if dev.type == "cuda" else ""))
+        print(f"  {label}: {name}: {note}", flush=True)
+    plain = results["plain"].get("out")
+    row["layers"] = len(plain) if plain else None
+    for name in ("exact", "batched", "fast"):
+        ok = "s" in results[name] and "s" in results["plain"]
+        row[f"{name}_speedup"] = results["plain"]["s"] / results[name]["s"] if ok else float("nan")
+    row["exact_vs_floor_shared"] = (results["exact"]["s"] / row["floor_shared_s"]) if "s" in results["exact"] \
+        else float("nan")
+
+    def diff(a, b, parts):
+        if not (results[a].get("out") and results[b].get("out")):
+            return float("nan")
+        ra, rb = results[a]["out"], results[b]["out"]
+        return max(abs(getattr(ra[k], p) - getattr(rb[k], p)) for k in ra for p in parts)
+
     # float32: the ascent amplifies last-bit differences (batched vs per-sample conv kernels), so a
     # sample near the decision boundary can flip; acc parts then differ by a multiple of 1/samples
-    return dict(case=label, layers=len(plain), samples=len(x), iters=iters, plain_s=t_plain, exact_s=t_exact,
-                exact_speedup=t_plain / t_exact, batched_s=t_batched, batched_speedup=t_plain / t_batched,
-                batched_vs_exact=max(abs(getattr(exact[k], p) - getattr(batched[k], p)) for k in exact
-                                     for p in ("sal", "s_max", "s_min")),
-                fast_s=t_fast, fast_speedup=t_plain / t_fast,
-                max_diff_loss=diff(("sal", "s_max", "s_min")), max_diff_acc=diff(("acc_drop", "acc_rise")))
+    row["batched_vs_exact"] = diff("exact", "batched", ("sal", "s_max", "s_min"))
+    row["max_diff_loss"] = diff("exact", "plain", ("sal", "s_max", "s_min"))
+    row["max_diff_acc"] = diff("exact", "plain", ("acc_drop", "acc_rise"))
+    print(" ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+    return row
+
+
+def write_results(path, table: str, args) -> None:
+    """The table with what produced it: command, code revision, device, seeds, date."""
+    import datetime
+    import platform
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        rev = "unknown"
+    dev = torch.cuda.get_device_name() if args.device.startswith("cuda") and torch.cuda.is_available() else platform.processor()
+    with open(path, "w") as f:
+        f.write(f"# SAL speed on {args.device} ({dev})\n\n"
+                f"- command: `{' '.join(sys.argv)}`\n- revision: {rev or 'unknown'}\n"
+                f"- date: {datetime.datetime.now().isoformat(timespec='minutes')}\n"
+                f"- torch {torch.__version__}, {torch.get_num_threads()} CPU threads; seeds: torch.manual_seed(0) "
+                f"before each model, data in stored order (no shuffle)\n"
+                f"- columns: *_s seconds, *_gib peak CUDA memory over the start, *_speedup over the plain loop, "
+                f"floor_* = measured forward+backward (fwd_bwd_ms) x the passes the search must make, without "
+                f"and with shared prefixes\n\n```\n{table}\n```\n")
 
 
 def spearman(a, b):
@@ -78,6 +211,9 @@ def main():
     p.add_argument("--speed-only", action="store_true", help="skip the fidelity and UD tables")
     p.add_argument("--cifar", help="a CIFAR-10 directory (binary layout): speed rows for lenet5, cnn and resnet18 on it")
     p.add_argument("--cifar-samples", type=int, default=512, help="training images of the CIFAR rows")
+    p.add_argument("--cifar-models", default="lenet5,cnn,resnet18:16,resnet18",
+                   help="comma-separated NAME[:WIDTH] of the CIFAR rows (default: the issue 26 table)")
+    p.add_argument("--results", help="also write the speed table to this markdown file (command, revision, date)")
     args = p.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     epochs = args.epochs or (4 if args.quick else 15)
@@ -106,18 +242,24 @@ def main():
                           device=args.device))
     if args.cifar:
         cifar = load_dataset(DataConfig("cifar10", data_dir=args.cifar, train_limit=args.cifar_samples))
-        for name, width in (("lenet5", None), ("cnn", None), ("resnet18", None)):
+        for spec in args.cifar_models.split(","):
+            name, _, width = spec.partition(":")
             torch.manual_seed(0)
-            net = create_model(name, cifar.image_shape, cifar.num_classes, width=width)
+            net = create_model(name, cifar.image_shape, cifar.num_classes, width=int(width) if width else None)
             opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
             for i in range(0, len(cifar.x_train), 128):  # one epoch, so the model is not at its init
                 opt.zero_grad()
                 F.cross_entropy(net(cifar.x_train[i:i + 128]), cifar.y_train[i:i + 128]).backward()
                 opt.step()
-            rows.append(speed_row(f"{name} / cifar10 ({len(cifar.x_train)} images)", net.eval(), cifar.x_train,
-                                  cifar.y_train, iters=2 if args.quick else 10, batch_size=128, device=args.device))
-    print(f"\n== SAL speed on {args.device} (seconds; speed-ups over the plain per-layer loop) ==")
-    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+            rows.append(speed_row(f"{name}{'(w' + width + ')' if width else ''} / cifar10 ({len(cifar.x_train)} images)",
+                                  net.eval(), cifar.x_train, cifar.y_train, iters=2 if args.quick else 10,
+                                  batch_size=128, device=args.device))
+    table = pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3g}")
+    print(f"\n== SAL speed on {args.device} (seconds; speed-ups over the plain per-layer loop; "
+          f"floor = measured forward+backward x the passes the search must make) ==")
+    print(table, flush=True)
+    if args.results:
+        write_results(args.results, table, args)
     if args.speed_only:
         return
 

@@ -249,3 +249,73 @@ def test_batched_search_splits_layers_into_groups_that_fit_the_memory_budget():
     split = layer_sal(model, (x, y), iters=2, batch_size=32, batched=True, memory_bytes=1, device="cpu")
     for k in whole:
         assert whole[k] == split[k]
+
+
+def _peak_growth(**spec) -> dict:
+    """Run tests/sal_peak.py in a fresh process: the peak RSS growth of each layer_sal call."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here.parent), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(here / "sal_peak.py"), json.dumps(spec)], capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+MB = 1 << 20
+
+
+@pytest.mark.parametrize("path", ["per-layer", "per-layer vmapped", "batched"])
+def test_peak_memory_does_not_grow_with_iters(path):
+    """The search's peak memory is the same at 1 and 3 rounds. The vmapped per-layer path (the
+    CUDA one, forced on the CPU) once kept every batch's graph alive through its weights: on
+    256 images of this cnn its peak grew by ~500 MB a round, which this test sees."""
+    spec = dict(model="cnn", width=8, samples=256, batch_size=128, iters=[1, 3], batched=path == "batched",
+                vmap=path == "per-layer vmapped", cache_bytes=0, memory_bytes=256 * MB)
+    first, more_rounds = _peak_growth(**spec)["growth"]
+    assert more_rounds <= 0.5 * first + 32 * MB, (first / MB, more_rounds / MB)
+    # and within the stated budget plus a batch's activations (2 copies x 4 layers of this cnn)
+    assert first + more_rounds <= spec["cache_bytes"] + spec["memory_bytes"] + 64 * MB
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_exact_sal_on_50000_images_streams_within_its_budget(batched):
+    """Exact SAL on a CIFAR-10-sized training set (50,000 32x32 RGB images, synthetic) holds the
+    stated budget plus a batch, never the whole set's activations: one stage's output for all
+    50,000 images (4 x 16 x 16 floats each) alone is 205 MB, over the bound asserted here."""
+    spec = dict(model="tiny-conv", samples=50_000, batch_size=500, iters=[1], batched=batched,
+                cache_bytes=32 * MB, memory_bytes=32 * MB)
+    out = _peak_growth(**spec)
+    whole_set_stage = 50_000 * 4 * 16 * 16 * 4
+    bound = spec["cache_bytes"] + (spec["memory_bytes"] if batched else 0) + 48 * MB  # + a batch's activations
+    assert bound < whole_set_stage
+    assert out["growth"][0] <= bound, (out["growth"][0] / MB, bound / MB)
+
+
+def test_demo_on_a_gpu_measures_exact_sal_every_epoch_on_the_whole_set():
+    from ulviz.demo import demo_configs, demo_study, on_device
+    cpu, gpu = demo_study("cifar10"), on_device(demo_study("cifar10"), "cuda")
+    assert cpu.sal.subset == 128 and cpu.sal_epochs(16) == [2, 4, 8, 12, 16]  # what 2 cores afford
+    assert gpu.sal.estimator == "exact" and gpu.sal.subset is None and gpu.sal_epochs(16) == list(range(1, 17))
+    assert all(c.train.device == "cuda" for c in demo_configs("cifar10", device="cuda"))
+    assert on_device(cpu, None) == cpu
+
+
+def test_channels_last_gives_the_plain_loops_numbers_float64(monkeypatch):
+    """The CUDA layout (model and data channels-last), forced on the CPU: both exact paths still
+    equal the plain loop."""
+    import ulviz.sal as S
+    model = _trained("cnn", width=4, epochs=1)
+    ds = load_dataset("synthetic", train_limit=64)
+    x, y = ds.x_train.double(), ds.y_train
+    monkeypatch.setattr(S, "CHANNELS_LAST_DEVICES", {"cpu"})
+    ref = reference_sal(model, x, y, iters=2, lr=0.5, eps=0.05, batch_size=32)
+    for batched in (False, True):
+        ours = layer_sal(model, (x, y), iters=2, lr_min=0.5, lr_max=0.5, batch_size=32, device="cpu", batched=batched)
+        for layer, r in ref.items():
+            for part, value in r.items():
+                assert abs(getattr(ours[layer], part) - value) <= 1e-5, (layer, part, batched)

@@ -131,6 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     dm.add_argument("--out", help="directory to write the demo runs to (default: the study's, data/demo or data/demo-digits)")
     dm.add_argument("--epochs", type=_count(1), help="default: the study's (16 for cifar10, 30 for digits)")
     dm.add_argument("--methods", help="comma-separated subset of the demo runs (clean is always made)")
+    dm.add_argument("--device", help="train and measure there; on cuda, exact SAL after every epoch on the whole training set")
 
     s = sub.add_parser("sal", help="compute per-layer SAL for every epoch of a run file (resumable)")
     s.add_argument("run", help="run file (.h5)")
@@ -372,7 +373,7 @@ def _demo(args) -> int:
     from .ud import ud_table
 
     paths = make_demo(args.out, args.epochs, methods=args.methods.split(",") if args.methods else None,
-                      study=args.study)
+                      study=args.study, device=args.device)
     table, result = ud_table(paths[0], paths[1:])
     print(f"threshold {result.threshold:.6f}")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
