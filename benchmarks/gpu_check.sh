@@ -42,10 +42,10 @@ except Exception as e:
 PYEOF
 } > "$OUT/env.txt" 2>&1
 
-timeout 120 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_gpu.py > "$OUT/test_gpu.log" 2>&1
+timeout "${TEST_TIMEOUT:-120}" "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_gpu.py > "$OUT/test_gpu.log" 2>&1
 TEST_RC=$?
 
-timeout 240 "$PY" -u benchmarks/sal_speed.py --device cuda --cifar data/cifar10-subset --speed-only \
+timeout "${BENCH_TIMEOUT:-240}" "$PY" -u benchmarks/sal_speed.py --device cuda --cifar data/cifar10-subset --speed-only \
   --results "$OUT/sal-speed-cuda.md" > "$OUT/sal_speed.log" 2>&1
 BENCH_RC=$?
 

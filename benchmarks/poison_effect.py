@@ -27,7 +27,7 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
@@ -72,11 +72,18 @@ def main() -> None:
     runs_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     print(f"{len(plan)} runs: {len({c.name for c, _ in plan})} protections x {len(seeds)} seeds", flush=True)
-    gen = _parallel(_generate, [(c,) for c, _ in plan if c.train.seed == seeds[0]], args.workers)
-    gen_s = dict(gen)
-    done = _parallel(_train_one, [(c, str(runs_dir / f"{stem}.h5"), args) for c, stem in plan], args.workers)
+    gen_s = dict(_parallel(_generate, [(c,) for c, _ in plan if c.train.seed == seeds[0]], args.workers))
+    # seed by seed, so that an interrupted benchmark has whole seeds; the report is rewritten after
+    # every finished run (a run killed by a time limit leaves the table of those before it)
+    plan.sort(key=lambda item: (item[0].train.seed, item[0].name != "clean"))
+    done = []
+    for path, took in _parallel(_train_one, [(c, str(runs_dir / f"{stem}.h5"), args) for c, stem in plan],
+                                args.workers, ordered=False):
+        done.append(path)
+        if args.out and any(Path(p).stem.startswith("clean_") for p in done):
+            Path(args.out).write_text(_report(args, seeds, done, gen_s, len(plan)))
     print(f"all runs in {time.perf_counter() - start:.0f} s", flush=True)
-    report = _report(args, seeds, [path for path, _ in done], dict(done), gen_s)
+    report = _report(args, seeds, done, gen_s, len(plan))
     print(report)
     if args.out:
         Path(args.out).write_text(report)
@@ -112,12 +119,23 @@ def _plan(args, seeds):
     return plan
 
 
-def _parallel(fn, jobs, workers):
+def _parallel(fn, jobs, workers, ordered=True):
+    """fn(*job) for every job, in `workers` processes; yields results as they finish unless `ordered`."""
     if workers <= 1:
-        return [fn(*job) for job in jobs]
+        results = (fn(*job) for job in jobs)
+        return list(results) if ordered else results
     ctx = __import__("multiprocessing").get_context("spawn")  # CUDA cannot be forked into workers
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_quiet_threads, initargs=(workers,)) as pool:
-        return list(pool.map(_star, [(fn, job) for job in jobs]))
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_quiet_threads, initargs=(workers,))
+    futures = [pool.submit(_star, (fn, job)) for job in jobs]
+    if ordered:
+        with pool:
+            return [f.result() for f in futures]
+
+    def finished():
+        with pool:
+            for f in as_completed(futures):
+                yield f.result()
+    return finished()
 
 
 def _star(item):
@@ -197,7 +215,7 @@ def _revision() -> tuple[str, bool]:
         return "unknown", True
 
 
-def _report(args, seeds, paths, seconds, gen_s) -> str:
+def _report(args, seeds, paths, gen_s, planned: int) -> str:
     import torch
 
     from ulviz.ud import seed_summary, seed_table, summary_text
@@ -215,7 +233,7 @@ def _report(args, seeds, paths, seconds, gen_s) -> str:
             f"epochs, recipe {cfg.train.recipe}, seeds {seeds}\n\n"
             f"- command: `python {' '.join(sys.argv)}`\n- code revision: {rev[:12]}{' (dirty tree)' if dirty else ''}\n"
             f"- date: {date.today().isoformat()}; device: {device}; torch {torch.__version__}; "
-            f"workers {args.workers}\n"
+            f"workers {args.workers}; {len(paths)} of {planned} planned runs finished\n"
             f"- protections generated once (poison seed 0); each seed's run is compared with the clean run of the "
             f"same seed (ratio and UD); mean over seeds [95% t interval]\n"
             f"- accuracy on the clean test set: final epoch, mean of the last 4 trained epochs, best epoch\n"
