@@ -26,7 +26,8 @@ from .sal import sal_callback
 from .steps import evaluate, train_epoch
 from .tasks import check_task_model
 from .defenses import batch_defense, check_defenses
-from .trainset import training_data
+from .provenance import environment
+from .trainset import run_training_data, training_set
 from .store import RunWriter, open_run, reopen_for_resume
 
 __all__ = ["EpochContext", "TrainResult", "build_model", "evaluate", "lr_at", "make_optimizer", "resume", "train",
@@ -92,11 +93,15 @@ def train(config: RunConfig, out: str | Path | None = None, *, callbacks: Sequen
     `dataset` skips loading when the caller already has it (its training set is then protected
     by `config.poison` here, as when loaded).
     """
-    device, poisoned, model, optimizer = _setup(config, dataset)
+    check_config(config)
+    device = compute_device(config.train.device)
+    built = training_set(config, dataset if dataset is not None else load_dataset(config.data))
+    poisoned, model, optimizer = _model_for(config, built.data, device)
     param_names = [n for n, _ in model.named_parameters()]
     writer = None
     if out is not None:
-        writer = RunWriter.create(out, config, model.state_dict(), param_names, weight_layer_names(model), overwrite)
+        writer = RunWriter.create(out, config, model.state_dict(), param_names, weight_layer_names(model), overwrite,
+                                  provenance=run_provenance(device, built.digests), protection=built.protection)
     callbacks = _with_sal(config, callbacks)
     history: list[dict[str, float]] = []
     return _run_epochs(config, model, optimizer, poisoned, writer, device, callbacks, history, 0, progress, out)
@@ -112,7 +117,10 @@ def resume(path: str | Path, *, callbacks: Sequence[Callback] = (), progress: bo
     if run.status == "diverged":
         raise UlvizError(f"{path}: {run.message}; resuming would diverge again")
     config = run.config
-    device, poisoned, model, optimizer = _setup(config)
+    check_config(config)
+    device = compute_device(config.train.device)
+    # the images it trained on: its stored protection, or a regenerated one with a matching digest
+    poisoned, model, optimizer = _model_for(config, run_training_data(run, load_dataset(config.data)), device)
     writer, done, blob = reopen_for_resume(path)
     try:
         model.load_state_dict(run.snapshot(done))
@@ -150,16 +158,17 @@ def check_config(config: RunConfig) -> None:
     check_defenses(config.train.defenses)
 
 
-def _setup(config: RunConfig, dataset: Dataset | None = None):
-    """(device, the protected dataset, the freshly initialized model on the device, its optimizer)."""
-    check_config(config)
-    device = compute_device(config.train.device)
-    dataset = dataset if dataset is not None else load_dataset(config.data)
-    # the task's inputs and targets: protected, defended images, targets from the clean data, clean test set
-    poisoned = training_data(config, dataset)
+def run_provenance(device: torch.device, digests: dict) -> dict:
+    """What a run file records of how it was made: the environment now and its inputs' digests."""
+    return {"environment": environment(device), "digests": digests}
+
+
+def _model_for(config: RunConfig, poisoned: Dataset, device: torch.device):
+    """(`poisoned`: the task's protected, defended inputs and clean test set; the freshly
+    initialized model on the device; its optimizer)."""
     check_task_model(config.train.task, config.model.name)
     model = build_model(config, poisoned).to(device)
-    return device, poisoned, model, make_optimizer(config, model)
+    return poisoned, model, make_optimizer(config, model)
 
 
 def _with_sal(config: RunConfig, callbacks: Sequence[Callback]) -> list[Callback]:
