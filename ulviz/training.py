@@ -30,8 +30,8 @@ from .provenance import environment
 from .trainset import run_training_data, training_set
 from .store import RunWriter, open_run, reopen_for_resume
 
-__all__ = ["EpochContext", "TrainResult", "build_model", "evaluate", "lr_at", "make_optimizer", "resume", "train",
-           "train_epoch"]
+__all__ = ["EpochContext", "TrainResult", "build_model", "evaluate", "lr_at", "make_optimizer", "replay", "resume",
+           "train", "train_epoch"]
 
 
 @dataclass
@@ -142,6 +142,21 @@ def resume(path: str | Path, *, callbacks: Sequence[Callback] = (), progress: bo
     return _run_epochs(config, model, optimizer, poisoned, writer, device, callbacks, history, done, progress, path)
 
 
+def replay(path: str | Path, epochs: int) -> TrainResult:
+    """The first `epochs` epochs of the run file at `path` trained again, in memory, from its
+    stored config (initial weights, data order and augmentation from its seeds, the lr schedule
+    of its full length) on the images it trained on (read from the file and digest-checked by
+    :func:`ulviz.trainset.run_training_data`), without SAL. What `ulviz verify` compares."""
+    run = open_run(path)
+    if not 1 <= epochs <= run.config.train.epochs:
+        raise UlvizError(f"{path}: epochs to retrain must be in 1..{run.config.train.epochs}, got {epochs}")
+    config = run.config
+    check_config(config)
+    device = compute_device(config.train.device)
+    poisoned, model, optimizer = _model_for(config, run_training_data(run, load_dataset(config.data)), device)
+    return _run_epochs(config, model, optimizer, poisoned, None, device, [], [], 0, False, None, last=epochs)
+
+
 def check_config(config: RunConfig) -> None:
     """Refuse an unknown dataset, model, method, budget, task or defense in `config`, or a method
     or defense parameter it does not take or of the wrong type: one clear error before anything
@@ -175,8 +190,10 @@ def _with_sal(config: RunConfig, callbacks: Sequence[Callback]) -> list[Callback
     return [*callbacks, sal_callback(config.sal)] if config.sal.estimator != "none" else list(callbacks)
 
 
-def _run_epochs(config, model, optimizer, poisoned, writer, device, callbacks, history, done, progress, out):
-    """Epochs done+1 .. config.train.epochs, after epoch 0 (the initial evaluation) for a fresh run."""
+def _run_epochs(config, model, optimizer, poisoned, writer, device, callbacks, history, done, progress, out,
+                last: int | None = None):
+    """Epochs done+1 .. `last` (config.train.epochs by default), after epoch 0 (the initial
+    evaluation) for a fresh run."""
     status = "complete"
     try:
         if not history:  # a fresh run: epoch 0, the initial model, first
@@ -184,7 +201,7 @@ def _run_epochs(config, model, optimizer, poisoned, writer, device, callbacks, h
         bar = _progress(config.train.epochs, progress)
         if bar is not None:
             bar.update(done)
-        for epoch in range(done + 1, config.train.epochs + 1):
+        for epoch in range(done + 1, (config.train.epochs if last is None else last) + 1):
             start = time.perf_counter()
             lr = lr_at(config, epoch)
             for group in optimizer.param_groups:
