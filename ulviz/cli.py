@@ -93,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     ve.add_argument("--epochs", type=int, default=1, help="epochs to retrain and compare (default 1)")
     ve.add_argument("--tolerance", type=float, default=0.0,
                     help="largest |difference| of a metric or weight counted as equal (default 0: exact)")
+    ve.add_argument("--threads", type=int, help="CPU threads to retrain on (default: the count the file recorded)")
 
     po = sub.add_parser("poison", help="generate (and cache) a protected training set")
     po.add_argument("--dataset", default=DataConfig().name, choices=list_datasets())
@@ -294,7 +295,7 @@ def _provenance_lines(run) -> list[str]:
 def _verify(args) -> int:
     from .verify import verify
 
-    report = verify(args.run, args.epochs, args.tolerance)
+    report = verify(args.run, args.epochs, args.tolerance, args.threads)
     print(report.text())
     return 0 if report.ok else 1
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .data import load_dataset
 from .errors import UlvizError
@@ -52,10 +53,11 @@ class Verification:
         return f"{body}\n{verdict}"
 
 
-def verify(path: str | Path, epochs: int = 1, tolerance: float = 0.0) -> Verification:
+def verify(path: str | Path, epochs: int = 1, tolerance: float = 0.0, threads: int | None = None) -> Verification:
     """Check the run file at `path` against its inputs and a retraining of its first `epochs`
-    epochs (see the module docstring). A missing or damaged file raises RunFileError; anything
-    that differs is reported, not raised."""
+    epochs (see the module docstring) on `threads` CPU threads: by default the count the file
+    recorded (it changes training's rounding), else this process's. A missing or damaged file
+    raises RunFileError; anything that differs is reported, not raised."""
     if tolerance < 0:
         raise UlvizError(f"tolerance must be at least 0, got {tolerance}")
     run = open_run(path)
@@ -64,7 +66,7 @@ def verify(path: str | Path, epochs: int = 1, tolerance: float = 0.0) -> Verific
     report = Verification(run.path)
     _environment(run, report)
     if _inputs(run, report):
-        _retraining(run, epochs, tolerance, report)
+        _retraining(run, epochs, tolerance, threads, report)
     return report
 
 
@@ -124,8 +126,14 @@ def _digest_line(report: Verification, what: str, recorded: str | None, now: str
     return True
 
 
-def _retraining(run, epochs: int, tolerance: float, report: Verification) -> None:
-    result = replay(run.path, epochs)
+def _retraining(run, epochs: int, tolerance: float, threads: int | None, report: Verification) -> None:
+    recorded = run.provenance.get("environment", {}).get("torch_threads")
+    threads = threads if threads is not None else recorded
+    result = replay(run.path, epochs, threads)
+    used = threads if threads is not None else torch.get_num_threads()
+    why = ("as recorded" if threads == recorded and recorded is not None
+           else "none recorded: this process's count" if recorded is None else f"{recorded} recorded")
+    report.add("note", f"retrained epochs 1..{epochs} on {used} CPU thread(s) ({why})")
     stored = run.metrics.set_index("epoch")
     for row in result.history:
         e = int(row["epoch"])
@@ -140,9 +148,9 @@ def _retraining(run, epochs: int, tolerance: float, report: Verification) -> Non
             report.add("ok", f"epoch {e} " + ", ".join(same) + (" as recorded" if not differ else ""))
         for line in differ:
             report.add("DIFFERS", line)
-    recorded = run.snapshot(epochs)
+    weights = run.snapshot(epochs)
     now = result.model.state_dict()
-    worst = max(float(np.max(np.abs(recorded[k].double().numpy() - now[k].double().numpy()), initial=0.0))
-                for k in recorded)
+    worst = max(float(np.max(np.abs(weights[k].double().numpy() - now[k].double().numpy()), initial=0.0))
+                for k in weights)
     status = "ok" if worst <= tolerance else "DIFFERS"
     report.add(status, f"weights after epoch {epochs}: " + ("identical" if worst == 0 else f"max |diff| {worst:.3g}"))
