@@ -19,7 +19,7 @@ from ulviz.poisons import make_poison
 from ulviz.provenance import data_digest, tensor_digest
 from ulviz.sal import compute_run_sal
 from ulviz.trainset import run_training_data
-from ulviz.verify import verify
+from ulviz import verify_run
 
 EM_CLASS = PoisonConfig("em", params={"mode": "class", "max_rounds": 2, "surrogate": "mlp", "surrogate_width": 16})
 DIGITS = DataConfig("digits", train_limit=240, test_limit=80)
@@ -140,12 +140,12 @@ def test_verify_passes_on_a_fresh_run_and_names_different_images(tmp_path, capsy
     data = DataConfig("npz", data_dir=_npz(tmp_path / "set.npz", seed=0))
     path = tmp_path / "run.h5"
     train(_config(data=data, poison=PoisonConfig("random"), sal="none", epochs=2), path)
-    report = verify(path, epochs=2)
+    report = verify_run(path, epochs=2)
     assert report.ok, report.text()
     assert main(["verify", str(path)]) == 0
     assert "verified" in capsys.readouterr().out
     _npz(tmp_path / "set.npz", seed=1)  # the data directory now holds other images
-    report = verify(path)
+    report = verify_run(path)
     assert not report.ok
     bad = [text for status, text in report.lines if status == "DIFFERS"]
     assert len(bad) == 1 and "clean training set" in bad[0] and "other images" in bad[0]
@@ -159,7 +159,7 @@ def test_verify_reports_retrained_metrics_that_differ(tmp_path):
     train(_config(poison=PoisonConfig("clean"), sal="none", epochs=1), path)
     with h5py.File(path, "a") as f:
         f["metrics"]["train_loss"][1] += 0.5
-    report = verify(path)
+    report = verify_run(path)
     bad = [text for status, text in report.lines if status == "DIFFERS"]
     assert len(bad) == 1 and bad[0].startswith("epoch 1 train_loss") and "recorded" in bad[0]
 
@@ -179,5 +179,25 @@ def test_old_run_files_stay_readable(em_run, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["provenance"] is None
     # post-hoc work regenerates (nothing recorded to check against) and still runs
     compute_run_sal(old, SALConfig(estimator="exact", iters=1, subset=8, seed=5))
-    report = verify(old)
+    report = verify_run(old)
     assert any("not recorded" in text for _, text in report.lines)
+
+
+@pytest.mark.parametrize("kind", ["palette", "raw"])
+def test_delta_encoding_rebuilds_the_images_bit_for_bit(tmp_path, kind):
+    """Signed steps (few distinct deltas: a palette) and uniform noise (a raw float delta), on
+    clean values so small that x + (x' - x) often rounds off x' (those are stored verbatim)."""
+    from ulviz.store import StoredProtection, _read_protection, _write_protection
+    rng = np.random.default_rng(0)
+    clean = (rng.random((40, 3, 32, 32)) ** 8).astype(np.float32)  # > 65536 values: the raw delta can have more
+    step = rng.integers(-3, 4, clean.shape) * np.float32(0.8 / 255) if kind == "palette" else \
+        rng.uniform(-0.03, 0.03, clean.shape).astype(np.float32)
+    protected = np.clip(clean + step, 0, 1).astype(np.float32)
+    protected[:5] = clean[:5]  # unprotected samples are not stored
+    with h5py.File(tmp_path / "p.h5", "w") as f:
+        _write_protection(f, StoredProtection(clean, protected, np.arange(40)))
+        g = f["protection"]
+        assert ("codes" in g) == (kind == "palette") and g["indices"].shape == (35,)
+        if kind == "palette":
+            assert g["fix_at"].shape[0] > 0  # the rounding repair is exercised (here; the noise case needs none)
+        assert np.array_equal(_read_protection(g, clean), protected)

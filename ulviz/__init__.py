@@ -7,6 +7,7 @@ The public API (everything else is internal)::
     from ulviz import ToyConfig, lesson      # the teaching page's two-weight model, exactly
     from ulviz import list_tasks, linear_probe  # other tasks on protected images; class info in features
     from ulviz import list_defenses, defense_study  # the trainer's defenses; protection x defense tables
+    from ulviz import verify_run                     # does a run file reproduce here (inputs, first epochs)
 """
 __version__ = "0.1.0"
 
@@ -27,6 +28,7 @@ from .tasks import list_tasks
 from .probe import linear_probe
 from .defenses import list_defenses
 from .defense_study import defense_study
+from .verify import verify_run
 
 __all__ = [
     "__version__",
@@ -44,4 +46,5 @@ __all__ = [
     "ToyConfig", "lesson",
     "list_tasks", "linear_probe",
     "list_defenses", "defense_study",
+    "verify_run",
 ]

@@ -293,9 +293,9 @@ def _provenance_lines(run) -> list[str]:
 
 
 def _verify(args) -> int:
-    from .verify import verify
+    from .verify import verify_run
 
-    report = verify(args.run, args.epochs, args.tolerance, args.threads)
+    report = verify_run(args.run, args.epochs, args.tolerance, args.threads)
     print(report.text())
     return 0 if report.ok else 1
 

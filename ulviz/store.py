@@ -368,8 +368,11 @@ def append_sal_row(path: str | Path, epoch: int, parts: dict[str, np.ndarray]) -
 #      encoding "patterns": indices (k,), patterns (P, C, H, W) f4, pattern_of (k,):
 #                           out = x; out[indices] = clip(x[indices] + patterns[pattern_of], 0, 1)
 #      encoding "delta":    indices (k,) of the changed samples, delta (k, C, H, W) f4 (gzip + shuffle),
-#                           fix_at / fix_value: the flat positions (in delta) where x + delta rounds
-#                           off the stored image, and that image's values there:
+#                           or, when it takes at most 65536 distinct values (signed-gradient steps
+#                           leave a few hundred), palette (V,) f4 and codes (k, C, H, W) u1 / u2
+#                           (gzip) with delta = palette[codes]; fix_at / fix_value: the flat
+#                           positions (in delta) where x + delta rounds off the stored image, and
+#                           that image's values there:
 #                           out = x; out[indices] = x[indices] + delta; out[indices].flat[fix_at] = fix_value
 #
 # Both rebuild the float32 images bit for bit (checked when written, and against the digest when
@@ -403,7 +406,13 @@ def _write_protection(f: h5py.File, p: StoredProtection) -> None:
     g.attrs["encoding"] = _fixed("delta")
     g.create_dataset("indices", data=changed.astype(np.int64))
     chunks = (max(1, min(len(changed), 64)), *delta.shape[1:]) if len(changed) else None
-    g.create_dataset("delta", data=delta, chunks=chunks, **(_GZIP if len(changed) else {}))
+    palette, codes = np.unique(delta, return_inverse=True)
+    if len(palette) <= 1 << 16:  # signed-gradient steps leave few distinct values: a code per value, a palette
+        codes = codes.reshape(delta.shape).astype(np.uint8 if len(palette) <= 256 else np.uint16)
+        g.create_dataset("codes", data=codes, chunks=chunks, **(_GZIP if len(changed) else {}))
+        g.create_dataset("palette", data=palette.astype(np.float32))
+    else:
+        g.create_dataset("delta", data=delta, chunks=chunks, **(_GZIP if len(changed) else {}))
     g.create_dataset("fix_at", data=off.astype(np.int64))
     g.create_dataset("fix_value", data=protected[changed].reshape(-1)[off])
 
@@ -428,7 +437,8 @@ def _read_protection(g: h5py.Group, clean: np.ndarray) -> np.ndarray:
     if encoding == "patterns":
         out[idx] = np.clip(clean[idx] + np.array(g["patterns"])[np.array(g["pattern_of"])], 0, 1)
     elif encoding == "delta":
-        part = clean[idx] + np.array(g["delta"])
+        delta = np.array(g["palette"])[np.array(g["codes"])] if "codes" in g else np.array(g["delta"])
+        part = clean[idx] + delta
         flat = part.reshape(-1)
         flat[np.array(g["fix_at"])] = np.array(g["fix_value"])
         out[idx] = part

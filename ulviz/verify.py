@@ -53,7 +53,7 @@ class Verification:
         return f"{body}\n{verdict}"
 
 
-def verify(path: str | Path, epochs: int = 1, tolerance: float = 0.0, threads: int | None = None) -> Verification:
+def verify_run(path: str | Path, epochs: int = 1, tolerance: float = 0.0, threads: int | None = None) -> Verification:
     """Check the run file at `path` against its inputs and a retraining of its first `epochs`
     epochs (see the module docstring) on `threads` CPU threads: by default the count the file
     recorded (it changes training's rounding), else this process's. A missing or damaged file
