@@ -396,15 +396,15 @@ def _write_protection(f: h5py.File, p: StoredProtection) -> None:
     g.attrs.update(digest=_fixed(tensor_digest(torch.from_numpy(protected))), shape=np.array(protected.shape))
     if p.patterns is not None and _patterns_rebuild(clean, protected, p):
         g.attrs["encoding"] = _fixed("patterns")
-        g.create_dataset("indices", data=np.asarray(p.indices, dtype=np.int64))
-        g.create_dataset("patterns", data=np.asarray(p.patterns, dtype=np.float32), **_GZIP)
-        g.create_dataset("pattern_of", data=np.asarray(p.pattern_of, dtype=np.int64))
+        g.create_dataset("indices", data=np.asarray(p.indices, dtype=np.int64), **_gzip(len(p.indices)))
+        g.create_dataset("patterns", data=np.asarray(p.patterns, dtype=np.float32), **_gzip(len(p.patterns)))
+        g.create_dataset("pattern_of", data=np.asarray(p.pattern_of, dtype=np.int64), **_gzip(len(p.pattern_of)))
         return
     changed = np.flatnonzero((protected != clean).reshape(len(clean), -1).any(1))
     delta = protected[changed] - clean[changed]
     off = np.flatnonzero((clean[changed] + delta) != protected[changed])  # rounding of x + (x' - x)
     g.attrs["encoding"] = _fixed("delta")
-    g.create_dataset("indices", data=changed.astype(np.int64))
+    g.create_dataset("indices", data=changed.astype(np.int64), **_gzip(len(changed)))
     chunks = (max(1, min(len(changed), 64)), *delta.shape[1:]) if len(changed) else None
     palette, codes = np.unique(delta, return_inverse=True)
     if len(palette) <= 1 << 16:  # signed-gradient steps leave few distinct values: a code per value, a palette
@@ -418,6 +418,11 @@ def _write_protection(f: h5py.File, p: StoredProtection) -> None:
 
 
 _GZIP = {"compression": "gzip", "compression_opts": 6, "shuffle": True}
+
+
+def _gzip(n: int) -> dict:
+    """gzip for a dataset of `n` rows (HDF5 cannot chunk, so cannot compress, an empty one)."""
+    return _GZIP if n else {}
 
 
 def _patterns_rebuild(clean: np.ndarray, protected: np.ndarray, p: StoredProtection) -> bool:
