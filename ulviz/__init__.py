@@ -8,6 +8,7 @@ The public API (everything else is internal)::
     from ulviz import list_tasks, linear_probe  # other tasks on protected images; class info in features
     from ulviz import list_defenses, defense_study  # the trainer's defenses; protection x defense tables
     from ulviz import layer_sharpness, compute_run_sharpness, layer_surgery  # the per-layer atlas; layer surgery
+    from ulviz import verify_run                     # does a run file reproduce here (inputs, first epochs)
 """
 __version__ = "0.1.0"
 
@@ -30,6 +31,7 @@ from .defenses import list_defenses
 from .defense_study import defense_study
 from .sharpness import SharpnessConfig, compute_run_sharpness, layer_sharpness
 from .surgery import SurgeryConfig, layer_surgery, select_layers
+from .verify import verify_run
 
 __all__ = [
     "__version__",
@@ -49,4 +51,5 @@ __all__ = [
     "list_defenses", "defense_study",
     "SharpnessConfig", "compute_run_sharpness", "layer_sharpness",
     "SurgeryConfig", "layer_surgery", "select_layers",
+    "verify_run",
 ]

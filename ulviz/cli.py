@@ -112,6 +112,14 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", help="list datasets, models and unlearnable methods")
 
+    ve = sub.add_parser("verify", help="check a run file's input digests and retrain its first epochs to compare "
+                                       "(exit 0: all matches, 1: something differs, 2: bad input)")
+    ve.add_argument("run", help="run file (.h5)")
+    ve.add_argument("--epochs", type=int, default=1, help="epochs to retrain and compare (default 1)")
+    ve.add_argument("--tolerance", type=float, default=0.0,
+                    help="largest |difference| of a metric or weight counted as equal (default 0: exact)")
+    ve.add_argument("--threads", type=int, help="CPU threads to retrain on (default: the count the file recorded)")
+
     po = sub.add_parser("poison", help="generate (and cache) a protected training set")
     po.add_argument("--dataset", default=DataConfig().name, choices=list_datasets())
     po.add_argument("--data-dir")
@@ -268,7 +276,8 @@ def _info(args) -> int:
     if args.json:
         print(json.dumps({"path": str(run.path), "status": run.status, "message": run.message,
                           "config": run.config.to_dict(), "layers": run.layer_names,
-                          "metrics": run.metrics.to_dict(orient="list")}))
+                          "metrics": run.metrics.to_dict(orient="list"), "provenance": run.provenance or None,
+                          "stored_protection": run.protection_info or None}))
         return 0
     print(f"run      {run.path}")
     print(f"name     {run.name}   status {run.status}{'  (' + run.message + ')' if run.message else ''}")
@@ -282,8 +291,40 @@ def _info(args) -> int:
     print(f"task     {c.train.task}   defenses {', '.join(d['name'] + (':' + ','.join(f'{k}={v}' for k, v in d['params'].items()) if d['params'] else '') for d in c.train.defenses) or 'none'}")
     print(f"layers   {', '.join(run.layer_names)}")
     print(f"SAL      {len(run.sal_epochs)} epoch(s)")
+    for line in _provenance_lines(run):
+        print(line)
     print(run.metrics.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     return 0
+
+
+def _provenance_lines(run) -> list[str]:
+    """What the run file records of how it was made; "not recorded" for files older than that."""
+    env, digests = run.provenance.get("environment"), run.provenance.get("digests")
+    if env is None:
+        return ["made with  not recorded (written before ulviz recorded provenance)"]
+    revision = env.get("code_revision")
+    code = "not a git checkout" if revision is None else f"{revision[:12]}{' (dirty tree)' if env.get('code_dirty') else ''}"
+    stored = run.protection_info
+    return [
+        f"made with  python {env.get('python')}  torch {env.get('torch')}  numpy {env.get('numpy')}  "
+        f"ulviz {env.get('ulviz')}  code {code}",
+        f"device     {env.get('device')}  threads {env.get('torch_threads')}  deterministic algorithms "
+        f"{env.get('deterministic_algorithms')}  cudnn deterministic {env.get('cudnn_deterministic')} "
+        f"benchmark {env.get('cudnn_benchmark')}",
+        f"inputs     clean sha256 {str(digests.get('clean_train'))[:16]}  protected (as trained) sha256 "
+        f"{str(digests.get('protected_train'))[:16]}  poison key {digests.get('poison_key')}",
+        "protection " + (f"stored in the file ({stored['encoding']}, {stored['bytes'] / 1e6:.2f} MB), generated on "
+                         f"{digests.get('poison_generation_threads')} thread(s)" if stored
+                         else "regenerated on demand and checked against its digest"),
+    ]
+
+
+def _verify(args) -> int:
+    from .verify import verify_run
+
+    report = verify_run(args.run, args.epochs, args.tolerance, args.threads)
+    print(report.text())
+    return 0 if report.ok else 1
 
 
 def _sal(args) -> int:
@@ -535,7 +576,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         commands = {"train": _train, "info": _info, "list": _list, "sal": _sal, "ud": _ud, "demo": _demo,
                     "poison": _poison, "landscape": _landscape, "paths": _paths, "probe": _probe,
-                    "crosstask": _crosstask, "sweep": _sweep, "sharpness": _sharpness, "surgery": _surgery}
+                    "crosstask": _crosstask, "sweep": _sweep, "sharpness": _sharpness, "surgery": _surgery,
+                    "verify": _verify}
         rc = commands[args.command](args)
         sys.stdout.flush()  # a closed pipe shows up here, in our handler, rather than at exit
         return rc

@@ -679,8 +679,9 @@ def run_data(run, split: str = "test", subset: int | None = None) -> tuple[torch
     """The samples a landscape of `run` is measured on (the first `subset` of them)."""
     if split not in SPLITS:
         raise UnknownNameError("split", split, list(SPLITS))
-    from .trainset import training_data
-    data = training_data(run.config, _run_dataset(run), protected=split == "train")  # the run's inputs and targets
+    from .trainset import run_training_data
+    # the run's inputs and targets: the images it trained on, digest-checked (ulviz.trainset)
+    data = run_training_data(run, _run_dataset(run), protected=split == "train")
     x, y = (data.x_test, data.y_test) if split == "test" else (data.x_train, data.y_train)
     if subset is not None:
         if subset < 1:

@@ -67,7 +67,9 @@ def fit_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test
 def linear_probe(path, epoch: int = -1) -> ProbeResult:
     """The linear probe of the run file at `path` at `epoch` (-1: its last finished one)."""
     from .landscape import _run_dataset, run_model
+    from .provenance import data_digest
     from .store import open_run
+    from .trainset import check_digest
 
     run = open_run(path)
     last = run.epochs_done
@@ -76,6 +78,7 @@ def linear_probe(path, epoch: int = -1) -> ProbeResult:
         raise UlvizError(f"{run.path} has epochs 0..{last}; epoch {epoch} is not stored")
     model = run_model(run, ep)
     clean = _run_dataset(run)  # clean images and their true classes, whatever the run's task
+    check_digest(run, "clean_train", data_digest(clean.x_train, clean.y_train))  # the images it trained on
     f_train = penultimate_features(model, clean.x_train)
     f_test = penultimate_features(model, clean.x_test)
     train_acc, test_acc = fit_probe(f_train, clean.y_train.numpy(), f_test, clean.y_test.numpy())

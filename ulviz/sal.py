@@ -626,14 +626,14 @@ def compute_run_sal(path, config, *, device=None, progress: Callable[[int, int],
     coarser estimate of the same quantity."""
     from .data import load_dataset
     from .store import append_sal_row, open_run, prepare_sal
-    from .trainset import training_data
+    from .trainset import run_training_data
 
     if config.estimator not in ESTIMATORS:
         raise UnknownNameError("SAL estimator", config.estimator, list(ESTIMATORS))
     check_numbers(config)
     run = open_run(path)
     # what the run trained on, in its task (SAL measures the task's loss: rotations, masks, ...)
-    dataset = training_data(run.config, load_dataset(run.config.data), protected=config.split == "train")
+    dataset = run_training_data(run, load_dataset(run.config.data), protected=config.split == "train")
     data = sal_data(dataset, config.split)
     model = build_model(run.config, dataset)
     layers = weight_layer_names(model)

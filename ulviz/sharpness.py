@@ -243,8 +243,8 @@ def run_data(run, protected: bool):
     """The run's task data: its training inputs protected (what it trained on) or clean, and its
     clean test set. The one place sharpness and surgery build a run's data (SAL's rule)."""
     from .data import load_dataset
-    from .trainset import training_data
-    return training_data(run.config, load_dataset(run.config.data), protected=protected)
+    from .trainset import run_training_data
+    return run_training_data(run, load_dataset(run.config.data), protected=protected)
 
 
 def split_data(dataset, split: str) -> tuple[torch.Tensor, torch.Tensor]:

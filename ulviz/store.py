@@ -15,6 +15,12 @@ Layout (schema ``ulviz.run``, version 1)::
                            after each epoch (torch.save bytes, read back with weights_only=True),
                            in two alternating slots so one is always whole
     /landscapes/<key>      cached loss landscapes, see "cached landscapes" below
+    /protection            the protected training images the run trained on (before data defenses),
+                           stored when they cannot be re-derived exactly: see "stored protections"
+
+Root attribute ``provenance`` (JSON, since ulviz 0.1 with issue 25; absent in older files): the
+environment (``ulviz.provenance.environment``) and the digests of the inputs (clean training set,
+protected training set as trained, the poison's cache key, whether the protection is stored).
 
 String attributes are stored as fixed-length bytes (see :func:`_fixed`).
 
@@ -48,6 +54,7 @@ import torch
 
 from .config import RunConfig
 from .errors import RunFileError, UlvizError
+from .provenance import tensor_digest
 
 SCHEMA = "ulviz.run"
 SCHEMA_VERSION = 1
@@ -111,12 +118,18 @@ class RunWriter:
 
     @classmethod
     def create(cls, path: str | Path, config: RunConfig, state: dict[str, torch.Tensor],
-               param_names: list[str], layer_names: list[str], overwrite: bool = False) -> "RunWriter":
-        """A new run file for a model whose state_dict is `state`, ready for SWMR appends."""
+               param_names: list[str], layer_names: list[str], overwrite: bool = False, *,
+               provenance: dict | None = None, protection: "StoredProtection | None" = None) -> "RunWriter":
+        """A new run file for a model whose state_dict is `state`, ready for SWMR appends; with
+        the run's `provenance` and its `protection` stored when given."""
         path = check_new_run_path(path, overwrite)
         f = _h5file(path, "w", libver="latest")
         try:
             _init_layout(f, config, state, param_names, layer_names)
+            if provenance is not None:
+                f.attrs["provenance"] = _fixed(json.dumps(provenance, sort_keys=True, default=str))
+            if protection is not None:
+                _write_protection(f, protection)
             f.swmr_mode = True
         except BaseException:
             f.close()
@@ -358,6 +371,105 @@ def append_sal_row(path: str | Path, epoch: int, parts: dict[str, np.ndarray]) -
         _append_sal(f, epoch, parts)
 
 
+# -- stored protections --------------------------------------------------------------------
+#
+#    /protection            attrs: encoding, digest (ulviz.provenance.tensor_digest of the images),
+#                           shape; the images are rebuilt on the clean training images x:
+#      encoding "patterns": indices (k,), patterns (P, C, H, W) f4, pattern_of (k,):
+#                           out = x; out[indices] = clip(x[indices] + patterns[pattern_of], 0, 1)
+#      encoding "delta":    indices (k,) of the changed samples, delta (k, C, H, W) f4 (gzip + shuffle),
+#                           or, when it takes at most 65536 distinct values (signed-gradient steps
+#                           leave a few hundred), palette (V,) f4 and codes (k, C, H, W) u1 / u2
+#                           (gzip) with delta = palette[codes]; fix_at / fix_value: the flat
+#                           positions (in delta) where x + delta rounds off the stored image, and
+#                           that image's values there:
+#                           out = x; out[indices] = x[indices] + delta; out[indices].flat[fix_at] = fix_value
+#
+# Both rebuild the float32 images bit for bit (checked when written, and against the digest when
+# read). Class-wise patterns cost P images; a sample-wise perturbation costs its changed samples,
+# gzip-compressed (float noise has little to squeeze: see the README for measured sizes).
+
+@dataclass
+class StoredProtection:
+    """What a run file stores of its protection (numpy float32 NCHW arrays)."""
+
+    clean: np.ndarray  # the clean training images the protection was made from
+    protected: np.ndarray  # the protected images (before data defenses), same shape
+    indices: np.ndarray  # the protected samples (for patterns: those that wear one)
+    patterns: np.ndarray | None = None  # a class-wise method's additive patterns (P, C, H, W), or None
+    pattern_of: np.ndarray | None = None  # which pattern each of `indices` wears
+
+
+def _write_protection(f: h5py.File, p: StoredProtection) -> None:
+    g = f.create_group("protection")
+    clean, protected = np.asarray(p.clean, dtype=np.float32), np.asarray(p.protected, dtype=np.float32)
+    g.attrs.update(digest=_fixed(tensor_digest(torch.from_numpy(protected))), shape=np.array(protected.shape))
+    if p.patterns is not None and _patterns_rebuild(clean, protected, p):
+        g.attrs["encoding"] = _fixed("patterns")
+        g.create_dataset("indices", data=np.asarray(p.indices, dtype=np.int64), **_gzip(len(p.indices)))
+        g.create_dataset("patterns", data=np.asarray(p.patterns, dtype=np.float32), **_gzip(len(p.patterns)))
+        g.create_dataset("pattern_of", data=np.asarray(p.pattern_of, dtype=np.int64), **_gzip(len(p.pattern_of)))
+        return
+    changed = np.flatnonzero((protected != clean).reshape(len(clean), -1).any(1))
+    delta = protected[changed] - clean[changed]
+    off = np.flatnonzero((clean[changed] + delta) != protected[changed])  # rounding of x + (x' - x)
+    g.attrs["encoding"] = _fixed("delta")
+    g.create_dataset("indices", data=changed.astype(np.int64), **_gzip(len(changed)))
+    chunks = (max(1, min(len(changed), 64)), *delta.shape[1:]) if len(changed) else None
+    palette, codes = np.unique(delta, return_inverse=True)
+    if len(palette) <= 1 << 16:  # signed-gradient steps leave few distinct values: a code per value, a palette
+        codes = codes.reshape(delta.shape).astype(np.uint8 if len(palette) <= 256 else np.uint16)
+        g.create_dataset("codes", data=codes, chunks=chunks, **(_GZIP if len(changed) else {}))
+        g.create_dataset("palette", data=palette.astype(np.float32))
+    else:
+        g.create_dataset("delta", data=delta, chunks=chunks, **(_GZIP if len(changed) else {}))
+    g.create_dataset("fix_at", data=off.astype(np.int64))
+    g.create_dataset("fix_value", data=protected[changed].reshape(-1)[off])
+
+
+_GZIP = {"compression": "gzip", "compression_opts": 6, "shuffle": True}
+
+
+def _gzip(n: int) -> dict:
+    """gzip for a dataset of `n` rows (HDF5 cannot chunk, so cannot compress, an empty one)."""
+    return _GZIP if n else {}
+
+
+def _patterns_rebuild(clean: np.ndarray, protected: np.ndarray, p: StoredProtection) -> bool:
+    """Whether the patterns give back `protected` exactly (else the delta encoding is used)."""
+    out = clean.copy()
+    idx = np.asarray(p.indices, dtype=np.int64)
+    out[idx] = np.clip(clean[idx] + np.asarray(p.patterns, dtype=np.float32)[np.asarray(p.pattern_of)], 0, 1)
+    return bool(np.array_equal(out, protected))
+
+
+def _read_protection(g: h5py.Group, clean: np.ndarray) -> np.ndarray:
+    if tuple(int(v) for v in g.attrs["shape"]) != clean.shape:
+        raise ValueError(f"stored protection has shape {tuple(g.attrs['shape'])}, the clean images {clean.shape}")
+    out = clean.copy()
+    idx = np.array(g["indices"], dtype=np.int64)
+    encoding = _as_str(g.attrs["encoding"])
+    if encoding == "patterns":
+        out[idx] = np.clip(clean[idx] + np.array(g["patterns"])[np.array(g["pattern_of"])], 0, 1)
+    elif encoding == "delta":
+        delta = np.array(g["palette"])[np.array(g["codes"])] if "codes" in g else np.array(g["delta"])
+        part = clean[idx] + delta
+        flat = part.reshape(-1)
+        flat[np.array(g["fix_at"])] = np.array(g["fix_value"])
+        out[idx] = part
+    else:
+        raise ValueError(f"unknown protection encoding {encoding!r}")
+    return out
+
+
+def _protection_info(f: h5py.File) -> dict:
+    if "protection" not in f:
+        return {}
+    g = f["protection"]
+    size = sum(d.id.get_storage_size() for d in g.values() if isinstance(d, h5py.Dataset))
+    return {"encoding": _as_str(g.attrs["encoding"]), "digest": _as_str(g.attrs["digest"]), "bytes": int(size)}
+
+
 # -- cached landscapes ---------------------------------------------------------------------
 #
 #    /landscapes/<key>      attrs: settings (JSON); coords_0 [, coords_1] (axes); loss, acc, done
@@ -483,6 +595,22 @@ class Run:
     created: str
     ulviz_version: str
     shapes: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)  # tensor name -> shape
+    provenance: dict = dataclasses.field(default_factory=dict)  # environment and input digests; {} = not recorded
+    protection_info: dict = dataclasses.field(default_factory=dict)  # the stored protection: encoding, digest, bytes; {} = none
+
+    def stored_protection(self, clean_x: torch.Tensor) -> torch.Tensor | None:
+        """The protected training images (before data defenses) stored in the file, rebuilt on
+        `clean_x` (the clean training images, whose digest the caller has checked); None when
+        the file stores none. A rebuild that misses the stored digest is a RunFileError."""
+        if not self.protection_info:
+            return None
+        with _reader(self.path) as f:
+            x = _read_protection(f["protection"], np.ascontiguousarray(clean_x.detach().cpu().numpy(), dtype=np.float32))
+        out = torch.from_numpy(x)
+        if tensor_digest(out) != self.protection_info["digest"]:
+            raise RunFileError(self.path, "its stored protection does not rebuild the images it trained on "
+                                          "(digest mismatch): the file or the clean data is damaged")
+        return out
 
     @property
     def name(self) -> str:
@@ -658,6 +786,8 @@ def _read_run(path: Path, f: h5py.File) -> Run:
         sal_settings=json.loads(_as_str(g.attrs.get("settings", "{}"))),
         created=_as_str(f.attrs.get("created", "")), ulviz_version=_as_str(f.attrs.get("ulviz_version", "")),
         shapes={t: tuple(int(v) for v in snaps[t].shape[1:]) for t in tensor_names},
+        provenance=json.loads(_as_str(f.attrs["provenance"])) if "provenance" in f.attrs else {},
+        protection_info=_protection_info(f),
     )
 
 

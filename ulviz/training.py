@@ -26,11 +26,12 @@ from .sal import sal_callback
 from .steps import evaluate, train_epoch
 from .tasks import check_task_model
 from .defenses import batch_defense, check_defenses
-from .trainset import training_data
+from .provenance import environment, fixed_threads
+from .trainset import run_training_data, training_set
 from .store import RunWriter, check_new_run_path, open_run, reopen_for_resume
 
-__all__ = ["EpochContext", "TrainResult", "build_model", "evaluate", "lr_at", "make_optimizer", "resume", "train",
-           "train_epoch"]
+__all__ = ["EpochContext", "TrainResult", "build_model", "evaluate", "lr_at", "make_optimizer", "replay", "resume",
+           "train", "train_epoch"]
 
 
 @dataclass
@@ -95,11 +96,14 @@ def train(config: RunConfig, out: str | Path | None = None, *, callbacks: Sequen
     check_config(config)  # before the data loads or a poison is generated: bad input costs nothing
     if out is not None:
         check_new_run_path(out, overwrite)
-    device, poisoned, model, optimizer = _setup(config, dataset)
+    device = compute_device(config.train.device)
+    built = training_set(config, dataset if dataset is not None else load_dataset(config.data))
+    poisoned, model, optimizer = _model_for(config, built.data, device)
     param_names = [n for n, _ in model.named_parameters()]
     writer = None
     if out is not None:
-        writer = RunWriter.create(out, config, model.state_dict(), param_names, weight_layer_names(model), overwrite)
+        writer = RunWriter.create(out, config, model.state_dict(), param_names, weight_layer_names(model), overwrite,
+                                  provenance=run_provenance(device, built.digests), protection=built.protection)
     callbacks = _with_sal(config, callbacks)
     history: list[dict[str, float]] = []
     return _run_epochs(config, model, optimizer, poisoned, writer, device, callbacks, history, 0, progress, out)
@@ -115,7 +119,10 @@ def resume(path: str | Path, *, callbacks: Sequence[Callback] = (), progress: bo
     if run.status == "diverged":
         raise UlvizError(f"{path}: {run.message}; resuming would diverge again")
     config = run.config
-    device, poisoned, model, optimizer = _setup(config)
+    check_config(config)
+    device = compute_device(config.train.device)
+    # the images it trained on: its stored protection, or a regenerated one with a matching digest
+    poisoned, model, optimizer = _model_for(config, run_training_data(run, load_dataset(config.data)), device)
     writer, done, blob = reopen_for_resume(path)
     try:
         model.load_state_dict(run.snapshot(done))
@@ -137,6 +144,29 @@ def resume(path: str | Path, *, callbacks: Sequence[Callback] = (), progress: bo
     return _run_epochs(config, model, optimizer, poisoned, writer, device, callbacks, history, done, progress, path)
 
 
+def replay(path: str | Path, epochs: int, threads: int | None = None) -> TrainResult:
+    """The first `epochs` epochs of the run file at `path` trained again, in memory, from its
+    stored config (initial weights, data order and augmentation from its seeds, the lr schedule
+    of its full length) on the images it trained on (read from the file and digest-checked by
+    :func:`ulviz.trainset.run_training_data`), without SAL, on `threads` CPU threads (None: as
+    set). What `ulviz verify` compares. The thread count matters: the CPU splits each weight
+    gradient's sum over the batch across threads, and the bundled clean demo's epoch-1 train loss
+    retrains as 2.971 / 2.410 / 2.788 on 1 / 2 / 4 threads (it was made on 2)."""
+    if threads is not None:
+        if threads < 1:
+            raise UlvizError(f"threads must be at least 1, got {threads}")
+        with fixed_threads(threads):
+            return replay(path, epochs)
+    run = open_run(path)
+    if not 1 <= epochs <= run.config.train.epochs:
+        raise UlvizError(f"{path}: epochs to retrain must be in 1..{run.config.train.epochs}, got {epochs}")
+    config = run.config
+    check_config(config)
+    device = compute_device(config.train.device)
+    poisoned, model, optimizer = _model_for(config, run_training_data(run, load_dataset(config.data)), device)
+    return _run_epochs(config, model, optimizer, poisoned, None, device, [], [], 0, False, None, last=epochs)
+
+
 def check_config(config: RunConfig) -> None:
     """Refuse an unknown dataset, model, method, budget, task or defense in `config`, or a method
     or defense parameter it does not take or of the wrong type: one clear error before anything
@@ -154,24 +184,27 @@ def check_config(config: RunConfig) -> None:
     check_numbers(config)
 
 
-def _setup(config: RunConfig, dataset: Dataset | None = None):
-    """(device, the protected dataset, the freshly initialized model on the device, its optimizer)."""
-    check_config(config)
-    device = compute_device(config.train.device)
-    dataset = dataset if dataset is not None else load_dataset(config.data)
-    # the task's inputs and targets: protected, defended images, targets from the clean data, clean test set
-    poisoned = training_data(config, dataset)
+def run_provenance(device: torch.device, digests: dict) -> dict:
+    """What a run file records of how it was made: the environment now and its inputs' digests."""
+    return {"environment": environment(device), "digests": digests}
+
+
+def _model_for(config: RunConfig, poisoned: Dataset, device: torch.device):
+    """(`poisoned`: the task's protected, defended inputs and clean test set; the freshly
+    initialized model on the device; its optimizer)."""
     check_task_model(config.train.task, config.model.name)
     model = build_model(config, poisoned).to(device)
-    return device, poisoned, model, make_optimizer(config, model)
+    return poisoned, model, make_optimizer(config, model)
 
 
 def _with_sal(config: RunConfig, callbacks: Sequence[Callback]) -> list[Callback]:
     return [*callbacks, sal_callback(config.sal)] if config.sal.estimator != "none" else list(callbacks)
 
 
-def _run_epochs(config, model, optimizer, poisoned, writer, device, callbacks, history, done, progress, out):
-    """Epochs done+1 .. config.train.epochs, after epoch 0 (the initial evaluation) for a fresh run."""
+def _run_epochs(config, model, optimizer, poisoned, writer, device, callbacks, history, done, progress, out,
+                last: int | None = None):
+    """Epochs done+1 .. `last` (config.train.epochs by default), after epoch 0 (the initial
+    evaluation) for a fresh run."""
     status = "complete"
     try:
         if not history:  # a fresh run: epoch 0, the initial model, first
@@ -179,7 +212,7 @@ def _run_epochs(config, model, optimizer, poisoned, writer, device, callbacks, h
         bar = _progress(config.train.epochs, progress)
         if bar is not None:
             bar.update(done)
-        for epoch in range(done + 1, config.train.epochs + 1):
+        for epoch in range(done + 1, (config.train.epochs if last is None else last) + 1):
             start = time.perf_counter()
             lr = lr_at(config, epoch)
             for group in optimizer.param_groups:

@@ -24,6 +24,7 @@ PoisonConfig picks another convention (:data:`BUDGETS`: energy, mnist) for other
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -39,8 +40,9 @@ import torch
 from ..config import PoisonConfig, checked_params
 from ..data import Dataset
 from ..errors import UlvizError, UnknownNameError
+from ..provenance import GENERATION_THREADS, fixed_threads
 
-CACHE_VERSION = 3  # bump when a method's output changes, so stale caches are not reused
+CACHE_VERSION = 4  # bump when a method's output changes, so stale caches are not reused
 
 
 @dataclass
@@ -50,6 +52,11 @@ class Poison:
     x_train: torch.Tensor  # the protected images, same shape as the clean ones, in [0, 1]
     indices: torch.Tensor  # which training samples were perturbed
     info: dict = field(default_factory=dict)  # method-specific facts (budget, steps, accuracy reached)
+    # a class-wise method's additive patterns (P, C, H, W), when it has them, and which pattern
+    # each protected sample wears (len(indices),): x_train[indices] = clamp(x[indices] + patterns[pattern_of], 0, 1)
+    # exactly, so a run file can store P patterns instead of a perturbation per sample
+    patterns: torch.Tensor | None = None
+    pattern_of: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,9 @@ class Method:
     budget_param: str | None  # the parameter that holds the budget
     summary: str  # one line: paper and idea
     kinds: dict = field(default_factory=dict)  # the type of each parameter whose default is None (int, float, str)
+    # it trains a surrogate: its output depends on float reductions, so it is generated with a fixed
+    # thread count, its cache key names its code, and a run file stores what it made (ulviz.trainset)
+    trained: bool = False
 
 
 @dataclass
@@ -76,7 +86,7 @@ _METHODS: dict[str, Method] = {}
 
 
 def register(name: str, *, defaults: dict | None = None, budget: str | None = None,
-             budget_param: str | None = None, summary: str = "", kinds: dict | None = None):
+             budget_param: str | None = None, summary: str = "", kinds: dict | None = None, trained: bool = False):
     """Add a method to the registry (see :class:`Method`). A parameter takes the type of its
     default; `kinds` names the type of those whose default is None."""
     defaults, kinds = dict(defaults or {}), dict(kinds or {})
@@ -86,7 +96,7 @@ def register(name: str, *, defaults: dict | None = None, budget: str | None = No
 
     def deco(fn):
         _METHODS[name] = Method(fn, defaults, budget, budget_param,
-                                summary or (fn.__doc__ or "").strip().split("\n")[0], kinds)
+                                summary or (fn.__doc__ or "").strip().split("\n")[0], kinds, trained)
         return fn
     return deco
 
@@ -172,24 +182,39 @@ def make_poison(config: PoisonConfig | str, dataset: Dataset, *, cache: bool = T
     full = resolve_params(config.method, dict(config.params),
                           scaled_params(config.method, method.defaults, dataset.image_shape, config.budget))
     indices = protected_indices(len(dataset.x_train), config.ratio, config.seed)
-    if config.method in ("clean", "import") or not cache:  # cheap, and import's file may change
-        return _generate(method, dataset, indices, config, full, compute_device(device), progress)
     path = _cache_path(dataset, config, full)
+    if config.method in ("clean", "import") or not cache:  # cheap, and import's file may change
+        return _generate(method, dataset, indices, config, full, compute_device(device), progress, path.stem)
     hit = _read_cache(path, dataset)
     if hit is not None:
         return hit
-    poison = _generate(method, dataset, indices, config, full, compute_device(device), progress)
+    poison = _generate(method, dataset, indices, config, full, compute_device(device), progress, path.stem)
     _write_cache(path, poison)
     return poison
 
 
-def _generate(method: Method, dataset, indices, config, params, device, progress) -> Poison:
+def _generate(method: Method, dataset, indices, config, params, device, progress, key: str) -> Poison:
     g = torch.Generator().manual_seed(config.seed)
-    poison = method.fn(dataset, indices, g, params, Context(device, progress))
+    # a trained method's surrogate sums weight gradients over the batch, split across CPU threads:
+    # with 1 and 2 threads em-class differed by up to 2.08/255 after 5 rounds, so it runs on one
+    threads = GENERATION_THREADS if method.trained else torch.get_num_threads()
+    with fixed_threads(threads):
+        poison = method.fn(dataset, indices, g, params, Context(device, progress))
     poison.x_train = poison.x_train.detach().cpu().float().clamp_(0.0, 1.0)
     check_budget(dataset.x_train, poison.x_train, indices, method, params)
-    poison.info.update(params=params, ratio=config.ratio, seed=config.seed)
+    poison.info.update(params=params, ratio=config.ratio, seed=config.seed, cache_key=key,
+                       generation_threads=threads if method.trained else None)
     return poison
+
+
+def poison_key(config: PoisonConfig, dataset: Dataset) -> str:
+    """The cache key of the protection `config` of `dataset` (what a run file records): a digest of
+    the training data, the method, its full parameters, ratio and seed, and for a trained method
+    the code that generates it."""
+    method = method_info(config.method)
+    full = resolve_params(config.method, dict(config.params),
+                          scaled_params(config.method, method.defaults, dataset.image_shape, config.budget))
+    return _cache_path(dataset, config, full).stem
 
 
 def check_budget(clean: torch.Tensor, poisoned: torch.Tensor, indices: torch.Tensor, method: Method, params: dict) -> None:
@@ -226,10 +251,28 @@ def _fingerprint(t: torch.Tensor) -> str:
 
 
 def _cache_path(dataset: Dataset, config: PoisonConfig, params: dict) -> Path:
-    key = json.dumps({"v": CACHE_VERSION, "x": _fingerprint(dataset.x_train), "y": _fingerprint(dataset.y_train),
-                      "method": config.method, "params": params, "ratio": config.ratio, "seed": config.seed},
-                     sort_keys=True, default=str)
-    return cache_dir() / f"{config.method}-{hashlib.sha256(key.encode()).hexdigest()[:24]}.npz"
+    key = {"v": CACHE_VERSION, "x": _fingerprint(dataset.x_train), "y": _fingerprint(dataset.y_train),
+           "method": config.method, "params": params, "ratio": config.ratio, "seed": config.seed}
+    if method_info(config.method).trained:  # a changed generator, or torch, must not be served from the cache
+        key.update(code=generator_code_digest(), torch=torch.__version__, threads=GENERATION_THREADS)
+    text = json.dumps(key, sort_keys=True, default=str)
+    return cache_dir() / f"{config.method}-{hashlib.sha256(text.encode()).hexdigest()[:24]}.npz"
+
+
+# the modules whose code decides what a trained method generates: the methods, the surrogate's
+# training steps, its architectures and augmentation
+_GENERATOR_MODULES = ("poisons/__init__.py", "poisons/optimized.py", "steps.py", "models.py", "recipes.py")
+
+
+@functools.lru_cache(maxsize=1)
+def generator_code_digest() -> str:
+    """sha256 (16 hex) of the source of the modules a trained method's output depends on: any edit
+    there (a comment too; that only costs a regeneration) gives new cache keys."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for name in _GENERATOR_MODULES:
+        h.update(name.encode() + b"\0" + (root / name).read_bytes())
+    return h.hexdigest()[:16]
 
 
 def _read_cache(path: Path, dataset: Dataset) -> Poison | None:
@@ -238,11 +281,12 @@ def _read_cache(path: Path, dataset: Dataset) -> Poison | None:
     try:
         with np.load(path, allow_pickle=False) as f:
             x, idx, info = f["x_train"], f["indices"], json.loads(str(f["info"]))
+            patterns = (torch.from_numpy(f["patterns"]), torch.from_numpy(f["pattern_of"])) if "patterns" in f else (None, None)
     except Exception:  # a damaged cache entry is regenerated, never trusted
         return None
     if x.shape != tuple(dataset.x_train.shape):
         return None
-    return Poison(torch.from_numpy(x), torch.from_numpy(idx), {**info, "cached": str(path)})
+    return Poison(torch.from_numpy(x), torch.from_numpy(idx), {**info, "cached": str(path)}, *patterns)
 
 
 def _write_cache(path: Path, poison: Poison) -> None:
@@ -250,8 +294,10 @@ def _write_cache(path: Path, poison: Poison) -> None:
     fd, tmp = tempfile.mkstemp(prefix=path.stem, suffix=".tmp.npz", dir=path.parent)
     os.close(fd)
     try:
+        extra = {} if poison.patterns is None else {"patterns": poison.patterns.numpy(),
+                                                      "pattern_of": poison.pattern_of.numpy()}
         np.savez(tmp, x_train=poison.x_train.numpy(), indices=poison.indices.numpy(),
-                 info=json.dumps(poison.info, default=str))
+                 info=json.dumps(poison.info, default=str), **extra)
         os.replace(tmp, path)  # atomic: a killed generation never leaves a half-written entry
     finally:
         if os.path.exists(tmp):

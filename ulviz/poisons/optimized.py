@@ -109,8 +109,12 @@ def _error_minimizing(dataset, indices, g, params, ctx, classwise: bool) -> Pois
     if bar:
         bar.close()
     out = dataset.x_train.clone()
-    out[indices] = (dataset.x_train[indices] + noise.cpu()[pattern_of.cpu()[indices]]).clamp(0, 1)
-    return Poison(out, indices, {"rounds": rounds, "surrogate_train_error": err, "train_steps_per_round": per_round})
+    wears = pattern_of.cpu()[indices]
+    out[indices] = (dataset.x_train[indices] + noise.cpu()[wears]).clamp(0, 1)
+    info = {"rounds": rounds, "surrogate_train_error": err, "train_steps_per_round": per_round}
+    if classwise:  # K patterns say it all: what a run file stores
+        return Poison(out, indices, info, noise.cpu().clone(), wears.clone())
+    return Poison(out, indices, info)
 
 
 def _samplewise_pass(model, x, y, noise, measured, params, g) -> None:
@@ -151,7 +155,7 @@ _EM_DEFAULTS = {"eps": 8 / 255, "step": 0.8 / 255, "pgd_steps": None, "stop_erro
 
 @register("em", defaults=_EM_DEFAULTS, budget="linf", budget_param="eps",
           kinds={"pgd_steps": int, "stop_error": float, **_SURROGATE_KINDS},
-          summary="Huang et al., ICLR 2021: error-minimizing noise (min-min with a surrogate)")
+          summary="Huang et al., ICLR 2021: error-minimizing noise (min-min with a surrogate)", trained=True)
 def em(dataset, indices, g, params, ctx) -> Poison:
     """Error-minimizing noise, as HanxunH/Unlearnable-Examples' perturbation.py with the README's
     commands: noise from zero, 0.8/255 steps in an 8/255 ball, batches of 512, surrogate SGD lr 0.1
@@ -206,7 +210,7 @@ def _rem_defend(model, x, y, params, aug, g):
                            "rho_steps": 10, "samples": 5, "train_epochs": 12.8, "batch_size": 128, "augment": None,
                            **_SURROGATE},
           budget="linf", budget_param="eps", kinds={"augment": str, **_SURROGATE_KINDS},
-          summary="Fu et al., ICLR 2022: robust error-minimizing noise (min-min-max)")
+          summary="Fu et al., ICLR 2022: robust error-minimizing noise (min-min-max)", trained=True)
 def rem(dataset, indices, g, params, ctx) -> Poison:
     """As fshp971/robust-unlearnable-examples' generate_robust_em.py with its CIFAR-10 command:
     a fixed budget of surrogate steps (5,000 batches of 128 on 50,000 images = `train_epochs`
@@ -256,7 +260,7 @@ def rem(dataset, indices, g, params, ctx) -> Poison:
 @register("tap", defaults={"eps": 8 / 255, "steps": 250, "step": 0.4 / 255, "restarts": 1, "train_epochs": 40,
                            "batch_size": 128, "attack_batch": 512, "augment": None, **_SURROGATE},
           budget="linf", budget_param="eps", kinds={"augment": str, **_SURROGATE_KINDS},
-          summary="Fowl et al., NeurIPS 2021: targeted adversarial examples (class y -> y+1) as poisons")
+          summary="Fowl et al., NeurIPS 2021: targeted adversarial examples (class y -> y+1) as poisons", trained=True)
 def tap(dataset, indices, g, params, ctx) -> Poison:
     """As lhfowl/adversarial_poisons with its README command: a crafting model trained from
     scratch on the clean data (`train_epochs` 40, batches of 128, Nesterov SGD lr 0.1, x0.1 at

@@ -1,0 +1,114 @@
+"""What a run was made with: the environment (versions, code revision, device, threads,
+determinism settings) and content digests of the data it trained on.
+
+A low room beside ``data``: it imports torch and numpy only. The run file stores the dict of
+:func:`environment` and the digests (``ulviz.store``); ``ulviz info`` shows them and
+``ulviz verify`` compares them with the present ones.
+
+Digests are sha256 over a canonical form of a tensor: its dtype and shape as a short header,
+then its values as contiguous little-endian bytes (float32 for images, int64 for labels), so the
+same values give the same digest whatever device, layout or stride they came from.
+"""
+from __future__ import annotations
+
+import hashlib
+import platform
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+# the thread count an optimized protection (em, rem, tap) is generated with: on the CPU the
+# weight gradients of conv and linear layers (reductions over the batch) are split across threads,
+# so their rounding, and after a few rounds the whole perturbation, depends on the thread count
+GENERATION_THREADS = 1
+
+_PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the checkout (or site-packages) holding ulviz
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """sha256 (hex) of `t`'s values in a canonical form: floats as float32, integers as int64,
+    little-endian, C order, preceded by "dtype:shape"."""
+    t = t.detach().cpu()
+    t = t.to(torch.float32) if t.is_floating_point() else t.to(torch.int64)
+    a = np.ascontiguousarray(t.numpy()).astype(t.numpy().dtype.newbyteorder("<"), copy=False)
+    h = hashlib.sha256(f"{a.dtype.str}:{tuple(a.shape)}".encode())
+    h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def data_digest(x: torch.Tensor, y: torch.Tensor) -> str:
+    """One digest of images `x` and their labels (or targets) `y`."""
+    return hashlib.sha256(f"{tensor_digest(x)}|{tensor_digest(y)}".encode()).hexdigest()
+
+
+def code_revision() -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the git checkout ulviz is imported from, or (None, None) when it is not
+    one (an installed package) or git is missing. A checkout that merely *contains* an installed
+    ulviz (a venv inside another project's repository) is not taken for ulviz's own."""
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(_PACKAGE_ROOT), *args], capture_output=True, text=True,
+                                 timeout=10, check=True)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip()
+
+    top = git("rev-parse", "--show-toplevel")
+    if top is None or Path(top).resolve() != _PACKAGE_ROOT:
+        return None, None
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return commit, (None if status is None else bool(status))
+
+
+def device_name(device: torch.device | str) -> str:
+    """A readable name of the device computed on: the GPU's model, or the CPU's architecture and
+    the vector instructions torch uses on it (they change float rounding too)."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: "?")()
+        return f"cpu {platform.machine()} ({capability})"
+    return device.type
+
+
+def determinism() -> dict:
+    """The settings that decide whether torch may pick nondeterministic kernels."""
+    cudnn = torch.backends.cudnn
+    return {"deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "cudnn_deterministic": bool(cudnn.deterministic), "cudnn_benchmark": bool(cudnn.benchmark)}
+
+
+def environment(device: torch.device | str = "cpu") -> dict:
+    """The environment a run is made in, as a flat JSON-able dict (see the module docstring)."""
+    from . import __version__  # the package's own version; ulviz/__init__ imports nothing of ours first
+    commit, dirty = code_revision()
+    return {
+        "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+        "ulviz": __version__, "code_revision": commit, "code_dirty": dirty,
+        "platform": f"{sys.platform} {platform.machine()}", "device": device_name(device),
+        "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
+        **determinism(),
+    }
+
+
+# fields of `environment` that change results when they differ (the rest is for the record)
+RESULT_FIELDS = ("torch", "numpy", "code_revision", "code_dirty", "device", "torch_threads",
+                 "deterministic_algorithms", "cudnn_deterministic", "cudnn_benchmark")
+
+
+@contextmanager
+def fixed_threads(n: int = GENERATION_THREADS) -> Iterator[None]:
+    """Run the block with torch's intra-op thread count set to `n`, restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
