@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
-REV="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+REV="${ULVIZ_REVISION:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}"
 
 {
   date -u +"%Y-%m-%dT%H:%MZ"; echo "revision $REV"

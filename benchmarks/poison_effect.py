@@ -206,6 +206,8 @@ def _inputs_match(run) -> bool:
 
 
 def _revision() -> tuple[str, bool]:
+    if os.environ.get("ULVIZ_REVISION"):  # a copy of the tree without .git (a GPU machine): named by the caller
+        return os.environ["ULVIZ_REVISION"], False
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,

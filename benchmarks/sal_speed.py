@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import os
 import subprocess
 import sys
 import time
@@ -174,8 +175,9 @@ def write_results(path, table: str, args) -> None:
     """The table with what produced it: command, code revision, device, seeds, date."""
     import datetime
     import platform
+    rev = os.environ.get("ULVIZ_REVISION", "")  # a copy of the tree without .git names it here
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        rev = rev or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     except OSError:
         rev = "unknown"
     dev = torch.cuda.get_device_name() if args.device.startswith("cuda") and torch.cuda.is_available() else platform.processor()

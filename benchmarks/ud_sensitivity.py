@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import subprocess
 import sys
 import time
@@ -125,7 +126,8 @@ def _report(args, epochs, sal, seconds) -> str:
     cols["median rule"] = ud(ref, rule="percentile", q=50)
     cols["75th pct rule"] = ud(ref, rule="percentile", q=75)
     table = pd.DataFrame(cols)
-    rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    rev = os.environ.get("ULVIZ_REVISION") or subprocess.run(
+        ["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     first = runs[clean].config
     return (f"# UD sensitivity: {first.model.name} (width {first.model.width}) on {first.data.name}, seed "
             f"{first.train.seed}\n\n- command: `python {' '.join(sys.argv)}`\n- code revision: {rev}; date: "
