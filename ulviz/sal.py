@@ -285,8 +285,10 @@ VMAP_DEVICES = {"cuda"}
 # per-layer search, which reuses the unperturbed prefixes, does far less arithmetic (8x faster
 # for a small cnn, measured side by side); on a GPU the per-layer search is launch-bound
 BATCHED_DEVICES = {"cuda"}
-# devices where the model and data go channels-last (NHWC) when the model has convolutions
-CHANNELS_LAST_DEVICES = {"cuda"}
+# devices where the model and data go channels-last (NHWC) when the model has convolutions: none,
+# since batch norm inside vmap refuses channels-last inputs on CUDA (torch 2.11, an H200: "NYI:
+# querying is_contiguous inside of vmap"); tests/test_gpu.py caught it
+CHANNELS_LAST_DEVICES: set[str] = set()
 
 
 def _pair_grads(suffix: _Suffix, w_pair: torch.Tensor, h, y) -> torch.Tensor:
