@@ -140,6 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     dm.add_argument("--epochs", type=_count(1), help="default: the study's (16 for cifar10, 30 for digits)")
     dm.add_argument("--methods", help="comma-separated subset of the demo runs (clean is always made)")
     dm.add_argument("--device", help="train and measure there; on cuda, exact SAL after every epoch on the whole training set")
+    dm.add_argument("--only", help="comma-separated run files (stems: em-class, rotation-ops) to remake; the others stay")
 
     s = sub.add_parser("sal", help="compute per-layer SAL for every epoch of a run file (resumable)")
     s.add_argument("run", help="run file (.h5)")
@@ -414,7 +415,7 @@ def _demo(args) -> int:
     from .ud import ud_table
 
     paths = make_demo(args.out, args.epochs, methods=args.methods.split(",") if args.methods else None,
-                      study=args.study, device=args.device)
+                      study=args.study, device=args.device, only=args.only.split(",") if args.only else None)
     table, result = ud_table(paths[0], paths[1:])
     print(f"threshold {result.threshold:.6f}")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))

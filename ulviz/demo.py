@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .config import DataConfig, ModelConfig, PoisonConfig, RunConfig, SALConfig, TrainConfig
-from .errors import UnknownNameError
+from .errors import UlvizError, UnknownNameError
 from .recipes import apply_recipe
 
 DATA_ROOT = Path(__file__).resolve().parent.parent / "data"
@@ -55,6 +55,7 @@ class Study:
     sal_at: tuple[int, ...] | None  # the epochs SAL is measured at (None = every epoch)
     landscapes: list[tuple[str, dict]] = field(default_factory=list)  # (kind, settings) cached in each run
     out: Path = DEMO_DIR  # where `ulviz demo --study NAME` writes by default
+    tasks: dict = field(default_factory=dict)  # other task -> the runs also trained on it (cross-task page)
 
     def sal_epochs(self, epochs: int) -> list[int]:
         every = range(1, epochs + 1)
@@ -80,8 +81,12 @@ def _cifar10() -> Study:
     # landscapes on the first 128 clean test images: a 21x21 plane of this network is ~15 s on 2 cores
     lands = [("plane", dict(resolution=21, subset=128)), ("line", dict(resolution=41, subset=128)),
              ("interp", dict(resolution=41, subset=128))]
+    # the paper's opening finding on the Cross-task page: the protections that bite on
+    # classification, trained on rotation prediction instead (no SAL or landscapes: scores and probes)
+    rotation = ("clean", "em-class", "lsp", "ops")
     return Study(RunConfig(name="clean", data=data, model=ModelConfig("resnet18", 4), train=train),
-                 methods, SALConfig(estimator="exact", subset=128), (2, 4, 8, 12, 16), lands, DEMO_DIR)
+                 methods, SALConfig(estimator="exact", subset=128), (2, 4, 8, 12, 16), lands, DEMO_DIR,
+                 {"rotation": rotation})
 
 
 def _digits() -> Study:
@@ -135,13 +140,25 @@ def demo_configs(study: str = "cifar10", epochs: int | None = None, methods: lis
     if unknown:
         raise UnknownNameError("demo run", unknown[0], list(s.methods))
     base = s.base if epochs is None else replace(s.base, train=replace(s.base.train, epochs=epochs))
-    return [replace(base, name=name, poison=s.methods[name]) for name in names]
+    configs = [replace(base, name=name, poison=s.methods[name]) for name in names]
+    for task, runs in s.tasks.items():
+        configs += [replace(base, name=name, poison=s.methods[name], train=replace(base.train, task=task))
+                    for name in runs if name in names]
+    return configs
+
+
+def run_stem(config: RunConfig) -> str:
+    """A demo run's file stem: its name, prefixed by its task when that is not classification."""
+    return config.name if config.train.task == "classify" else f"{config.train.task}-{config.name}"
 
 
 def make_demo(out: str | Path | None = None, epochs: int | None = None, progress: bool = True,
-              methods: list[str] | None = None, study: str = "cifar10", device: str | None = None) -> list[Path]:
+              methods: list[str] | None = None, study: str = "cifar10", device: str | None = None,
+              only: list[str] | None = None) -> list[Path]:
     """Train every run of `study` into `out` (default: the study's directory, replacing earlier
-    files), measure its SAL and cache its landscapes; returns the run files, clean first.
+    files), measure its SAL and cache its landscapes; returns the classification run files, clean
+    first. `only` (file stems, e.g. em-class, rotation-ops) remakes just those runs; the others,
+    the clean run above all, must be there already.
     `device` trains and measures there (see :func:`on_device`: on a GPU, SAL every epoch on the
     whole training set)."""
     from .landscape import run_landscape
@@ -152,16 +169,27 @@ def make_demo(out: str | Path | None = None, epochs: int | None = None, progress
     out = Path(out) if out is not None else s.out
     out.mkdir(parents=True, exist_ok=True)  # the study owns this directory
     configs = demo_configs(study, epochs, methods, device)
-    paths, clock = [], _Clock(progress)
+    unknown = sorted(set(only or ()) - {run_stem(c) for c in configs})
+    if unknown:
+        raise UnknownNameError("demo run", unknown[0], [run_stem(c) for c in configs])
+    paths, made, clock = [], [], _Clock(progress)
     for config in configs:
-        path = out / f"{config.name}.h5"
-        clock.say(f"{config.name}: poison and train -> {path}")
+        path = out / f"{run_stem(config)}.h5"
+        if config.train.task == "classify":
+            paths.append(path)
+        if only is not None and run_stem(config) not in only:
+            if not path.exists():
+                raise UlvizError(f"{path}: not there; remake it too (--only {run_stem(config)})")
+            continue
+        clock.say(f"{run_stem(config)}: poison and train -> {path}")
         train(config, path, overwrite=True, progress=progress)
+        made.append(path)
+        if config.train.task != "classify":
+            continue
         clock.say(f"{config.name}: SAL at epochs {s.sal_epochs(config.train.epochs)}")
         compute_run_sal(path, s.sal, epochs=s.sal_epochs(config.train.epochs), device=device)
-        paths.append(path)
     clean = paths[0]
-    for path in paths:
+    for path in (p for p in paths if p in made):
         clock.say(f"{path.stem}: landscapes")
         for kind, settings in s.landscapes:
             run_landscape(path, kind, **settings)
