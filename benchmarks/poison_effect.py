@@ -55,6 +55,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--seeds", default="0,1,2", help="training seeds (the protections are generated once)")
     p.add_argument("--methods", help="comma-separated labels (clean is always run)")
+    p.add_argument("--budget", default="standard", help="budget convention: standard, energy, mnist (L-inf 0.3)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=1, help="runs trained at once, each in its own process")
     p.add_argument("--runs-dir", default="benchmarks/runs/poison_effect")
@@ -114,7 +115,7 @@ def _plan(args, seeds):
             train = apply_recipe(TrainConfig(epochs=args.epochs, seed=seed, device=args.device),
                                  default_recipe(args.dataset), args.dataset)
             plan.append((RunConfig(name=label, data=data, model=ModelConfig(model, width),
-                                   poison=PoisonConfig(method, params=params), train=train,
+                                   poison=PoisonConfig(method, params=params, budget=args.budget), train=train,
                                    sal=SALConfig("none")), f"{label}_seed-{seed}"))
     return plan
 
@@ -232,7 +233,7 @@ def _report(args, seeds, paths, gen_s, planned: int) -> str:
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") and torch.cuda.is_available() else args.device
     cfg = __import__("ulviz").open_run(paths[0]).config
     head = (f"# Poison effect: {cfg.model.name} (width {cfg.model.width}) on {cfg.data.name}, {cfg.train.epochs} "
-            f"epochs, recipe {cfg.train.recipe}, seeds {seeds}\n\n"
+            f"epochs, recipe {cfg.train.recipe}, budget {args.budget}, seeds {seeds}\n\n"
             f"- command: `python {' '.join(sys.argv)}`\n- code revision: {rev[:12]}{' (dirty tree)' if dirty else ''}\n"
             f"- date: {date.today().isoformat()}; device: {device}; torch {torch.__version__}; "
             f"workers {args.workers}; {len(paths)} of {planned} planned runs finished\n"
