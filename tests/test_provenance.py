@@ -177,10 +177,25 @@ def test_old_run_files_stay_readable(em_run, tmp_path, capsys):
     assert "not recorded" in capsys.readouterr().out
     assert main(["info", "--json", str(old)]) == 0
     assert json.loads(capsys.readouterr().out)["provenance"] is None
-    # post-hoc work regenerates (nothing recorded to check against) and still runs
-    compute_run_sal(old, SALConfig(estimator="exact", iters=1, subset=8, seed=5))
+    # its trained (em) protection can neither be read nor checked: post-hoc work on the images it
+    # trained on is refused in one line, never silently computed on a regeneration
+    with pytest.raises(UlvizError, match="cannot be re-derived") as e:
+        compute_run_sal(old, SALConfig(estimator="exact", iters=1, subset=8, seed=5))
+    assert "\n" not in str(e.value)
+    compute_run_sal(old, SALConfig(estimator="exact", iters=1, subset=8, seed=5, split="test"))  # clean test: fine
     report = verify_run(old)
     assert any("not recorded" in text for _, text in report.lines)
+    assert any(kind == "DIFFERS" and "cannot be re-derived" in text for kind, text in report.lines)
+
+
+def test_old_run_of_a_procedural_method_still_regenerates(tmp_path):
+    """ops reproduces exactly from its seed: an old file without provenance regenerates it."""
+    path = tmp_path / "ops.h5"
+    train(_config(poison=PoisonConfig("ops"), sal="none"), path)
+    with h5py.File(path, "a") as f:
+        del f.attrs["provenance"]
+    compute_run_sal(path, SALConfig(estimator="exact", iters=1, subset=8))
+    assert len(open_run(path).sal_epochs) == 2
 
 
 @pytest.mark.parametrize("kind", ["palette", "raw"])

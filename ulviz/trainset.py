@@ -80,6 +80,13 @@ def protected_images(run: Run, clean: Dataset) -> torch.Tensor:
     """The run's training images as trained (protected, defended), digest-checked."""
     x = run.stored_protection(clean.x_train)
     if x is None:
+        recorded = run.provenance.get("digests", {}).get("protected_train")
+        if recorded is None and method_info(run.config.poison.method).trained:
+            # a trained protection of a file written before ulviz stored them: a regeneration can
+            # neither be trusted (it depends on the code, torch and threads) nor checked (no digest)
+            raise UlvizError(f"{run.path}: its {run.config.poison.method} protection was not stored and no digest was "
+                             "recorded (a run file from before ulviz stored trained protections), so the images it "
+                             "trained on cannot be re-derived; retrain it to measure on them")
         x = make_poison(run.config.poison, clean).x_train
     x = defend_data(x, run.config.train.defenses)
     check_digest(run, "protected_train", data_digest(x, clean.y_train))
