@@ -165,8 +165,9 @@ def _train_one(config, path, args):
     from ulviz import SALConfig
     from ulviz.sal import compute_run_sal
     from ulviz.training import train
+    from ulviz.verify import reusable_run
     start = time.perf_counter()
-    if not _reusable(Path(path), config):
+    if not reusable_run(path, config):  # same config, same code, same input digests
         train(config, path, overwrite=True)
     if args.sal_epochs:
         epochs = [e for e in (int(v) for v in args.sal_epochs.split(",")) if e <= config.train.epochs]
@@ -174,36 +175,6 @@ def _train_one(config, path, args):
     took = time.perf_counter() - start
     print(f"{Path(path).stem}: {took:.0f} s", flush=True)
     return path, took
-
-
-def _reusable(path: Path, config) -> bool:
-    """A complete run file of this config, written by this code revision from the same inputs."""
-    from ulviz import open_run
-    from ulviz.errors import UlvizError
-    if not path.exists():
-        return False
-    try:
-        run = open_run(path)
-    except UlvizError:
-        return False
-    if run.status != "complete" or run.config.to_dict() != config.to_dict():
-        return False
-    recorded = getattr(run, "provenance", {}) or {}
-    return (recorded.get("code_revision") == _revision()[0] and not recorded.get("code_dirty", True)
-            and _inputs_match(run))
-
-
-def _inputs_match(run) -> bool:
-    """Whether the images the run file says it trained on are today's (digest check)."""
-    try:
-        from ulviz.provenance import check_inputs
-    except ImportError:
-        return False
-    try:
-        check_inputs(run)
-        return True
-    except Exception:
-        return False
 
 
 def _revision() -> tuple[str, bool]:

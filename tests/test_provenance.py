@@ -216,3 +216,30 @@ def test_delta_encoding_rebuilds_the_images_bit_for_bit(tmp_path, kind):
         if kind == "palette":
             assert g["fix_at"].shape[0] > 0  # the rounding repair is exercised (here; the noise case needs none)
         assert np.array_equal(_read_protection(g, clean), protected)
+
+
+def test_reuse_keys_on_code_and_input_digests_never_on_the_config_alone(tmp_path, monkeypatch):
+    from ulviz import provenance
+    from ulviz.verify import reusable_run
+    config = _config(poison=PoisonConfig("ops"), sal="none", epochs=1)
+    path = tmp_path / "ops.h5"
+    train(config, path)
+    assert reusable_run(path, config)
+    assert not reusable_run(path, dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=2)))
+    # the same config, but the file says it trained on other images (the poison benchmark's
+    # twice-protected runs): not reused
+    other = tmp_path / "other.h5"
+    shutil.copy(path, other)
+    with h5py.File(other, "a") as f:
+        prov = json.loads(f.attrs["provenance"])
+        prov["digests"]["protected_train"] = "0" * 64
+        f.attrs["provenance"] = json.dumps(prov)
+    assert not reusable_run(other, config)
+    # made by other code: not reused
+    monkeypatch.setattr(provenance, "code_digest", lambda: "another-code")
+    assert not reusable_run(path, config)
+    monkeypatch.undo()
+    # written before provenance: not reused
+    with h5py.File(other, "a") as f:
+        del f.attrs["provenance"]
+    assert not reusable_run(other, config)

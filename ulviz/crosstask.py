@@ -28,29 +28,20 @@ def grid_configs(base: RunConfig, methods: dict[str, PoisonConfig], tasks: Itera
             for task in tasks for label, poison in methods.items()}
 
 
-def complete_run(path: Path, config: RunConfig) -> bool:
-    """Whether `path` holds a finished run of `config` (its name aside), so a study reuses it."""
-    from .store import open_run
-    try:
-        run = open_run(path)
-    except UlvizError:
-        return False
-    return run.status == "complete" and replace(run.config, name=config.name) == config
-
-
 def run_grid(configs: dict[str, RunConfig], runs_dir: str | Path, sal=None, sal_epochs: list[int] | None = None,
              say: Callable[[str], None] = print) -> list[Path]:
     """Train every config not already complete in `runs_dir`, then its SAL (post hoc, `sal` at
     `sal_epochs`) when asked; returns the run files."""
     from .sal import compute_run_sal
     from .training import train
+    from .verify import reusable_run
 
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for stem, config in configs.items():
         path = runs_dir / f"{stem}.h5"
-        if complete_run(path, config):
+        if reusable_run(path, config):
             say(f"{stem}: reused {path}")
         else:
             say(f"{stem}: training")

@@ -11,6 +11,7 @@ same values give the same digest whatever device, layout or stride they came fro
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import platform
 import subprocess
@@ -85,13 +86,25 @@ def determinism() -> dict:
             "cudnn_deterministic": bool(cudnn.deterministic), "cudnn_benchmark": bool(cudnn.benchmark)}
 
 
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """sha256 (16 hex) of ulviz's own Python source, every module of the package: what a run was
+    made by, exact also in a dirty checkout or an installed copy (where a git revision says
+    nothing). Reuse of an earlier run (ulviz.verify.reusable_run) keys on it."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def environment(device: torch.device | str = "cpu") -> dict:
     """The environment a run is made in, as a flat JSON-able dict (see the module docstring)."""
     from . import __version__  # the package's own version; ulviz/__init__ imports nothing of ours first
     commit, dirty = code_revision()
     return {
         "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-        "ulviz": __version__, "code_revision": commit, "code_dirty": dirty,
+        "ulviz": __version__, "code_revision": commit, "code_dirty": dirty, "code_digest": code_digest(),
         "platform": f"{sys.platform} {platform.machine()}", "device": device_name(device),
         "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
         **determinism(),
@@ -99,7 +112,7 @@ def environment(device: torch.device | str = "cpu") -> dict:
 
 
 # fields of `environment` that change results when they differ (the rest is for the record)
-RESULT_FIELDS = ("torch", "numpy", "code_revision", "code_dirty", "device", "torch_threads",
+RESULT_FIELDS = ("torch", "numpy", "code_revision", "code_dirty", "code_digest", "device", "torch_threads",
                  "deterministic_algorithms", "cudnn_deterministic", "cudnn_benchmark")
 
 

@@ -154,3 +154,31 @@ def _retraining(run, epochs: int, tolerance: float, threads: int | None, report:
                 for k in weights)
     status = "ok" if worst <= tolerance else "DIFFERS"
     report.add(status, f"weights after epoch {epochs}: " + ("identical" if worst == 0 else f"max |diff| {worst:.3g}"))
+
+
+def reusable_run(path: str | Path, config) -> bool:
+    """Whether the run file at `path` may stand in for training `config` again: complete, of the
+    same config (its name aside), made by this very code (ulviz.provenance.code_digest: the
+    package's source, exact in a dirty checkout too) and on the inputs this machine would give it
+    (the clean and protected training sets' digests checked). Never on the config alone: an
+    earlier benchmark trained on images protected twice under the same config."""
+    from dataclasses import replace
+
+    from .provenance import code_digest
+    try:
+        run = open_run(path)
+    except UlvizError:
+        return False
+    if run.status != "complete" or replace(run.config, name=config.name) != config:
+        return False
+    digests = run.provenance.get("digests", {})
+    if run.provenance.get("environment", {}).get("code_digest") != code_digest() or not digests:
+        return False
+    try:
+        clean = load_dataset(run.config.data)
+        if data_digest(clean.x_train, clean.y_train) != digests.get("clean_train"):
+            return False
+        protected_images(run, clean)  # refuses a protected set whose digest differs
+    except UlvizError:
+        return False
+    return True
