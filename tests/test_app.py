@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import signal
 import time
 from dataclasses import replace
 
@@ -190,6 +191,8 @@ def test_jobs_queue_cancel_and_refuse_escapes(tmp_path):
     deadline = time.time() + 120  # a loaded machine (CI's 2 cores) can take a while to stop it
     while time.time() < deadline and jobs.get(a.id).alive():
         time.sleep(0.2)
+    if jobs.get(a.id).alive():  # never leave a 100,000-epoch job behind a failed test
+        os.killpg(jobs.get(a.id).pid, signal.SIGKILL)
     assert open_run(tmp_path / "runs" / "long.h5").status == "cancelled"
     assert jobs.poll()[-1].state == "started"  # the queued job starts once the slot is free
     with pytest.raises(UlvizError, match="already exists"):
