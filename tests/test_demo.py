@@ -1,11 +1,13 @@
 """`ulviz demo` end to end (short), and the bundled demo files themselves."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from conftest import ROOT
 from ulviz import open_run
 from ulviz.cli import main
-from ulviz.demo import demo_configs, demo_study, list_studies
+from ulviz.demo import demo_configs, demo_study, list_studies, run_stem
 from ulviz.errors import UlvizError
 from ulviz.landscape import cached_landscapes
 from ulviz.store import list_landscapes
@@ -35,7 +37,8 @@ def test_studies_share_everything_but_the_protection():
         configs = demo_configs(study)
         assert configs[0].poison.method == "clean"
         for c in configs[1:]:
-            assert (c.data, c.model, c.train, c.sal) == (configs[0].data, configs[0].model, configs[0].train, configs[0].sal)
+            train = replace(c.train, task="classify")  # the other tasks' runs differ in their task alone
+            assert (c.data, c.model, train, c.sal) == (configs[0].data, configs[0].model, configs[0].train, configs[0].sal)
     cifar = demo_study("cifar10")
     assert cifar.base.data.data_dir == "data/cifar10-subset" and cifar.base.train.recipe == "paper"
     assert cifar.sal_epochs(16) == [2, 4, 8, 12, 16] and cifar.sal_epochs(3) == [2]
@@ -51,8 +54,12 @@ def test_bundled_demo_is_the_cifar_study_and_complete():
     study = demo_study("cifar10")
     acc = {}
     for config in demo_configs("cifar10"):
-        run = open_run(demo / f"{config.name}.h5")
+        if not (demo / f"{run_stem(config)}.h5").exists() and config.train.task != "classify":
+            continue  # the other tasks' runs come with a regenerated demo
+        run = open_run(demo / f"{run_stem(config)}.h5")
         assert run.config == config and run.status == "complete" and run.epochs_done == config.train.epochs
+        if config.train.task != "classify":
+            continue
         assert list(run.sal_epochs) == study.sal_epochs(config.train.epochs)
         assert run.sal_settings["estimator"] == "exact" and run.sal_settings["subset"] == study.sal.subset
         assert np.isfinite(run.sal["sal"]).all()
@@ -68,7 +75,32 @@ def test_bundled_demo_is_the_cifar_study_and_complete():
     for name in ("ops", "cuda", "rem"):
         assert acc[name] <= 0.75 * acc["clean"], (name, acc)
     pca = {s["other"] for s in list_landscapes(demo / "clean.h5") if s["kind"] == "pca" and s["complete"] == 1.0}
-    assert pca >= {f"{c.name}.h5" for c in demo_configs("cifar10")[1:]}
+    assert pca >= {f"{c.name}.h5" for c in demo_configs("cifar10")[1:] if c.train.task == "classify"}
+
+
+def test_post_hoc_sal_of_the_bundled_em_class_run_equals_its_stored_row():
+    """What is computed after training uses exactly the images the model trained on: the bundled
+    em-class run stores its protection, so SAL recomputed now from its last snapshot equals the
+    row stored when the demo was made."""
+    from ulviz.data import load_dataset
+    from ulviz.models import build_model, weight_layer_names
+    from ulviz.sal import layer_sal, sal_arrays, sal_data, sal_kwargs
+    from ulviz.config import SALConfig
+    from ulviz.trainset import run_training_data
+    path = ROOT / "data" / "demo" / "em-class.h5"
+    if not path.exists():
+        pytest.skip("no bundled demo")
+    run = open_run(path)
+    if not run.protection_info:
+        pytest.skip("the bundled em-class run predates stored protections")
+    data = run_training_data(run, load_dataset(run.config.data), protected=True)
+    model = build_model(run.config, data)
+    epoch = int(run.sal_epochs[-1])
+    model.load_state_dict(run.snapshot(epoch))
+    settings = SALConfig(**{k: v for k, v in run.sal_settings.items() if k in SALConfig.__dataclass_fields__})
+    got = sal_arrays(layer_sal(model, sal_data(data, settings.split), device="cpu", **sal_kwargs(settings)),
+                     weight_layer_names(model))["sal"]
+    np.testing.assert_allclose(got, run.sal["sal"][-1], rtol=1e-5, atol=1e-7)
 
 
 def test_bundled_data_is_what_the_readme_says():
