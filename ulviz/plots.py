@@ -593,5 +593,7 @@ def surgery_layers(sal: dict[str, np.ndarray], layers: list[str], chosen: list[s
     fig.update_xaxes(tickvals=layers, ticktext=ticks, tickangle=-45)
     fig.update_yaxes(exponentformat="e")
     fig.update_layout(barmode="group")
-    return _layout(fig, "Mean SAL per layer (▶ = chosen by the SPEC)", "layer (weight tensor)", "mean SAL",
-                   height=420)
+    fig = _layout(fig, "Mean SAL per layer (▶ = chosen by the SPEC)", "layer (weight tensor)", "mean SAL", height=480)
+    # legend above the plot: below it, it sat on the slanted layer names
+    fig.update_layout(legend=dict(orientation="h", x=0, y=1.02, yanchor="bottom"), margin=dict(b=170))
+    return fig
