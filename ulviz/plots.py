@@ -266,7 +266,7 @@ def ud_bars(table: pd.DataFrame, colours: dict[str, str] | None = None) -> go.Fi
                          hovertemplate="%{x}<br>accuracy %{y:.3f}<extra></extra>"), row=2, col=1)
     fig.add_hline(y=1, line_dash="dot", line_color="grey", row=1, col=1)
     fig.update_yaxes(title_text="UD (clean run = 1)", rangemode="tozero", row=1, col=1)
-    fig.update_yaxes(title_text="final clean-test acc.", range=[0, 1], row=2, col=1)
+    fig.update_yaxes(title_text="final accuracy (fraction)", range=[0, 1], row=2, col=1)
     fig.update_xaxes(title_text="run", row=2, col=1)
     return _layout(fig, "Unlearnable Distance per run, and the accuracy it reaches", "", "", height=560)
 
