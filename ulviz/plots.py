@@ -33,7 +33,8 @@ SAL_SCALE = _scale("Magma")  # dark = SAL near 0 (nothing left to learn), bright
 
 # Colours of runs: PALETTE's nine, then eleven more from plotly's Dark24 and Light24 that stay
 # apart from them on a white page; past twenty, hues spaced by the golden angle.
-RUN_PALETTE = PALETTE + ["#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d",
+# (no second blue: "#3182bd" sat beside the clean run's "#1f77b4" and read as the same run)
+RUN_PALETTE = PALETTE + ["#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#e7ba52", "#e6550d",
                          "#31a354", "#756bb1", "#636363"]
 
 
@@ -527,8 +528,9 @@ def teaching_sal(sal: dict[str, np.ndarray], floor: float = 1e-8) -> go.Figure:
                                      hovertemplate="step %{x}<br>SAL %{y:.2e}<extra>" + name + "</extra>"),
                           row=1, col=k + 1)
             fig.update_xaxes(title_text="gradient-descent step", row=1, col=k + 1)
-    fig.update_yaxes(type="log", title_text="SAL (nats, log scale)", exponentformat="e", row=1, col=1)
-    fig.update_yaxes(type="log", exponentformat="e", row=1, col=2)
+    # ".0e": every tick as 1e-k; a log axis's default writes 0.1 and 0.01 beside 1e-3
+    fig.update_yaxes(type="log", title_text="SAL (nats, log scale)", tickformat=".0e", row=1, col=1)
+    fig.update_yaxes(type="log", tickformat=".0e", row=1, col=2)
     return _layout(fig, "Sharpness-Aware Learnability of each weight along its path", "", "")
 
 
@@ -794,6 +796,6 @@ def radial_spectrum(profiles: dict[str, tuple[np.ndarray, np.ndarray]], colours:
                                  line=dict(color=_colour(colours, name, i), width=2)))
     if cutoff is not None:
         fig.add_vline(x=cutoff, line_dash="dash", line_color="grey", annotation_text="low | high")
-    fig.update_yaxes(type="log", exponentformat="e")
+    fig.update_yaxes(type="log", tickformat=".0e")
     return _layout(fig, "Perturbation amplitude by frequency", "frequency (fraction of Nyquist)",
                    "mean amplitude (log scale)")
