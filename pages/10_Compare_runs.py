@@ -53,9 +53,11 @@ st.caption(f"{len(view)} of {len(frame)} runs after the filter; fields that vary
 summary = ui.guard(group_summary, view, by)
 if summary is not None:
     label = {"UD": "UD (clean twin = 1)", "ratio_last": "accuracy / clean twin's"}.get(metric, plots.ACC_AXIS)
-    ui.chart(plots.group_bars(summary, metric, label), "compare-groups", data=summary,
+    bounds = (0.0, 1.0) if metric.startswith("acc_") else None  # whiskers past it are clipped, not the numbers
+    ui.chart(plots.group_bars(summary, metric, label, bounds), "compare-groups", data=summary,
              caption="Each bar: one group's mean; whiskers: its 95% t interval over the group's runs (none for a group "
-                     "of one run, which has no spread to measure). Hover for the number of runs.")
+                     "of one run, which has no spread to measure; over two runs, wide). Hover for the number of runs. "
+                     "The table has the interval's ends.")
     shown = summary[["group", "n"] + [c for c in summary.columns if c.startswith(metric + "_")]]
     st.dataframe(shown, width="stretch", hide_index=True, column_config={
         c: st.column_config.NumberColumn(format="%.3f") for c in shown.columns if c.startswith(metric + "_")})

@@ -683,9 +683,11 @@ def figure_data(fig: go.Figure) -> pd.DataFrame:
 
 # -- comparing runs: groups with intervals, a sweep's grid -----------------------------------------
 
-def group_bars(summary: pd.DataFrame, metric: str, label: str) -> go.Figure:
+def group_bars(summary: pd.DataFrame, metric: str, label: str, bounds: tuple[float, float] | None = None) -> go.Figure:
     """One bar per group at the mean of `metric` with its 95% t interval as whiskers; `summary`
-    from :func:`ulviz.compare.group_summary` (group, n, <metric>_mean/_lo/_hi)."""
+    from :func:`ulviz.compare.group_summary` (group, n, <metric>_mean/_lo/_hi). `bounds`: the
+    metric's possible range (accuracy: 0 to 1), the axis's range: a t interval over two runs can
+    reach past it, and an axis down to -0.5 accuracy reads as if such values were possible."""
     mean, lo, hi = (summary[f"{metric}_{c}"].to_numpy(dtype=float) for c in ("mean", "lo", "hi"))
     fig = go.Figure(go.Bar(
         x=summary["group"], y=mean, marker_color=[PALETTE[i % len(PALETTE)] for i in range(len(summary))],
@@ -694,7 +696,9 @@ def group_bars(summary: pd.DataFrame, metric: str, label: str) -> go.Figure:
         hovertemplate="%{x}<br>" + label + " %{y:.3f}, 95% interval [%{customdata[1]:.3f}, %{customdata[2]:.3f}]"
                       " over %{customdata[0]} runs<extra></extra>"))
     fig.update_xaxes(tickangle=-30, automargin=True)
-    return _layout(fig, f"{label} per group", "group", label, subtitle="bars: mean over the group's runs; "
+    if bounds is not None:
+        fig.update_yaxes(range=list(bounds))
+    return _layout(fig, f"{label[0].upper()}{label[1:]} per group", "group", label, subtitle="bars: mean over the group's runs; "
                    "whiskers: 95% t interval (none for a group of one run)")
 
 
@@ -762,7 +766,7 @@ def perturbation_gallery(rows: dict[str, np.ndarray], labels: list[str], title: 
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     fig.update_annotations(font_size=11)
-    fig = _layout(fig, title, "", "", height=120 * len(names) + 110)
+    fig = _layout(fig, title, "", "", height=75 * len(names) + 110)
     return fig.update_layout(margin=dict(l=20, r=110, t=90, b=10))
 
 
