@@ -327,9 +327,10 @@ def test_sal_page_one_colour_range_and_the_epoch_window(study, monkeypatch, tmp_
     at.sidebar.select_slider[0].set_value((2, 3)).run()
     assert not at.exception
     figures = _figures(at)
-    hist = next(f for f in figures if f["data"][0]["type"] == "histogram")
+    # the histogram is drawn as step outlines: each bin's count twice, once per edge of the bin
+    hist = next(f for f in figures if f["layout"]["title"]["text"].startswith("Per-layer SAL"))
     assert "epochs 2–3" in hist["layout"]["title"]["text"]
-    assert sum(_array(t["x"]).size for t in hist["data"]) == sum(f.loc[2:3].size for f in sal.values())
+    assert sum(_array(t["y"]).sum() / 2 for t in hist["data"]) == sum(f.loc[2:3].size for f in sal.values())
     heat = [f for f in figures if f["data"][0]["type"] == "heatmap"]
     assert all(list(_array(f["data"][0]["x"])) == [2, 3] for f in heat)
     top = max(float(f.loc[2:3].to_numpy().max()) for f in sal.values())
