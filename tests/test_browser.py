@@ -282,6 +282,7 @@ def _job(server, out: Path, server_load: list) -> list[float]:
     epoch 1 (warm-up). Appends the server's CPU use meanwhile (in cores) to `server_load`."""
     from ulviz.store import open_run
 
+    (ROOT / out).parent.mkdir(parents=True, exist_ok=True)  # `ulviz train --out` refuses a missing directory
     cpu, start = _cpu_seconds(server.proc.pid), time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "ulviz.cli", "train", *JOB, "--out", str(out)], cwd=ROOT,
                        env=server.env, capture_output=True, text=True, timeout=900)
