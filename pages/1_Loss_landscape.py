@@ -20,6 +20,7 @@ kind = st.sidebar.radio("Slice", ["plane", "line", "interp"], format_func={
 if not chosen:
     st.info("Choose at least one run in the sidebar.")
     st.stop()
+ui.warn_incomparable(runs, chosen, "on one colour scale")
 
 data_dir = ui.data_dir()
 cache_files = {n: landscape_cache_path(data_dir, runs[n]) for n in chosen}
@@ -67,14 +68,14 @@ if lands:
     detail = None  # worked out from the landscapes' settings: the layer moved, which weights an interpolation joins
     colours = ui.colours()
     if kind == "plane":
-        st.plotly_chart(plots.landscape_contours(lands, log_scale, subtitle=detail), width="stretch")
-        st.caption(plots.CAPTIONS["contour"])
+        ui.chart(plots.landscape_contours(lands, log_scale, subtitle=detail), "landscape-plane",
+                 caption=plots.CAPTIONS["contour"])
         surf = st.selectbox("3-D surface of", list(lands))
-        st.plotly_chart(plots.landscape_surface(lands[surf], surf, log_scale), width="stretch")
-        st.caption(plots.CAPTIONS["surface"])
+        ui.chart(plots.landscape_surface(lands[surf], surf, log_scale), f"landscape-surface-{surf}",
+                 caption=plots.CAPTIONS["surface"])
     else:
         caption = plots.CAPTIONS["interp" if kind == "interp" else "line"]
-        st.plotly_chart(plots.landscape_lines(lands, "loss", subtitle=detail, colours=colours), width="stretch")
-        st.caption(caption)
-        st.plotly_chart(plots.landscape_lines(lands, "acc", subtitle=detail, colours=colours), width="stretch")
-        st.caption("Accuracy (%) at the same points.")
+        ui.chart(plots.landscape_lines(lands, "loss", subtitle=detail, colours=colours), f"landscape-{kind}-loss",
+                 caption=caption)
+        ui.chart(plots.landscape_lines(lands, "acc", subtitle=detail, colours=colours), f"landscape-{kind}-accuracy",
+                 caption="Accuracy (fraction correct) at the same points.")

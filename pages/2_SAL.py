@@ -18,6 +18,7 @@ chosen = ui.pick_runs(runs, "Runs", 3, key="sal_runs")
 if not chosen:
     st.info("Choose at least one run in the sidebar.")
     st.stop()
+ui.warn_incomparable(runs, chosen)
 epochs = sorted({int(e) for n in chosen for e in runs[n].sal_epochs})
 lo, hi = st.sidebar.select_slider("Epochs", options=epochs, value=(epochs[0], epochs[-1])) if len(epochs) > 1 \
     else (epochs[0], epochs[0])
@@ -40,17 +41,25 @@ else:
     st.warning("No clean run with SAL in this directory: no UD threshold to draw.")
 threshold = result.threshold if result else None
 
-st.plotly_chart(plots.sal_histogram({n: f.to_numpy() for n, f in frames.items()}, threshold,
-                                    colours=colours, epochs=span), width="stretch")
-st.caption(plots.CAPTIONS["sal_hist"] + f" Values from {span}. " + ui.sal_summary({n: runs[n] for n in chosen}))
+empty = [n for n in chosen if frames[n].empty]
+if empty:
+    st.info(f"No SAL in {span} for {', '.join(empty)} (its SAL epochs: "
+            + "; ".join(f"{n}: {ui.describe_epochs(runs[n].sal_epochs)}" for n in empty)
+            + "). Widen the epoch window, or compute SAL there with `ulviz sal RUN.h5 --epochs ...`.")
+with_values = {n: f for n, f in frames.items() if not f.empty}
+if not with_values:
+    st.stop()
+ui.chart(plots.sal_histogram({n: f.to_numpy() for n, f in with_values.items()}, threshold, colours=colours, epochs=span),
+         "sal-histogram", caption=plots.CAPTIONS["sal_hist"] + f" Values from {span}. "
+         + ui.sal_summary({n: runs[n] for n in with_values}))
 
-zrange = plots.sal_range(frames.values())  # one colour range for every panel
-cols = st.columns(min(len(chosen), 2))
-for i, name in enumerate(chosen):
+zrange = plots.sal_range(with_values.values())  # one colour range for every panel
+cols = st.columns(min(len(with_values), 2))
+for i, name in enumerate(with_values):  # a run with no SAL here has its message above, not empty axes
     with cols[i % len(cols)]:
-        st.plotly_chart(plots.sal_heatmap(frames[name], name, threshold, zrange), width="stretch")
-        st.caption(plots.CAPTIONS["sal_heatmap"] + f" Same colour range on every panel ({zrange[0]:.3g} to "
-                   f"{zrange[1]:.3g}).")
+        ui.chart(plots.sal_heatmap(frames[name], name, threshold, zrange), f"sal-heatmap-{name}",
+                 caption=plots.CAPTIONS["sal_heatmap"] + f" Same colour range on every panel ({zrange[0]:.3e} to "
+                 f"{zrange[1]:.3e}).")
 
 if result is not None:
     st.subheader("Which layers stay learnable")

@@ -37,22 +37,22 @@ if plane is not None:
         request = (pair[0].path, "pca", dict(resolution=resolution, subset=subset or None, cache_file=cache_file,
                                              other=pair[1].path if len(pair) > 1 else None))
         land = ui.landscapes_on_request({labels[0]: request}, key="paths").get(labels[0])
-    st.plotly_chart(plots.path_figure(plane, labels, land, colours), width="stretch")
-    st.caption(plots.CAPTIONS["paths"])
+    ui.chart(plots.path_figure(plane, labels, land, colours), "paths", caption=plots.CAPTIONS["paths"])
 
 st.subheader("One layer's path")
 layer = st.selectbox("Layer", runs[base].layer_names)
 lp = ui.guard(layer_path, runs[base], layer, pair[1] if len(pair) > 1 else None)
 if lp is not None:
-    st.plotly_chart(plots.path_figure(lp, labels, colours=colours), width="stretch")
-    st.caption(f"The path of {layer} alone (PCA within that tensor).")
+    ui.chart(plots.path_figure(lp, labels, colours=colours, title=f"The path of {layer} alone"), f"path-{layer}",
+             caption=f"The weights of {layer} only, projected on the two directions along which that tensor moved "
+                     "most (PCA within it).")
 
 if len(pair) > 1:
     st.subheader("Per-layer divergence")
     table = ui.guard(divergence, pair[0], pair[1])
     if table is not None:
-        st.plotly_chart(plots.divergence_heatmap(table, labels[1], labels[0]), width="stretch")
-        st.caption(plots.CAPTIONS["divergence"])
+        ui.chart(plots.divergence_heatmap(table, labels[1], labels[0]), "divergence", data=table,
+                 caption=plots.CAPTIONS["divergence"])
         st.dataframe(divergence_summary(table), width="stretch", hide_index=True)
         st.caption("Per layer: distance at the last epoch, and the mean cosine between the two runs' updates "
                    "(1 = they moved the same way, 0 = unrelated).")

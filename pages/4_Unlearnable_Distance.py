@@ -1,7 +1,10 @@
 """Unlearnable Distance: how far each protection method is from truly unlearnable."""
 import streamlit as st
 
+import pandas as pd
+
 from ulviz import plots, ui
+from ulviz.compare import accuracy_columns
 from ulviz.sal import describe_sal
 from ulviz.ud import seed_summary, seed_table, study_ud, summary_text
 
@@ -24,13 +27,16 @@ study = first if reference == first.reference.path else ui.guard(study_ud, paths
 if study is None:
     st.stop()
 table, result = study.table, study.result
+# accuracy three ways (final, mean of the last 4 trained epochs, peak) beside UD, epoch 0 never counted
+acc = pd.DataFrame([accuracy_columns(ui.load_run(s.path).metrics) for s in study.sources], index=table.index)
+table = pd.concat([table.drop(columns="final_test_acc"), acc], axis=1)
 
 st.markdown(
     f"**Reference**: {ui.label_of(study.reference.path)} ({study.reference.path}). "
     f"**How the SAL was measured**: {describe_sal(study.reference.sal_settings, study.reference.sal_epochs)}. "
     "The same settings for every run compared here.")
-st.plotly_chart(plots.ud_bars(table, colours=ui.colours()), width="stretch")
-st.caption(plots.CAPTIONS["ud"] + f" Threshold {result.threshold:.4g} (from the reference's SAL).")
+ui.chart(plots.ud_bars(table.assign(final_test_acc=table["acc_final"]), colours=ui.colours()), "ud", data=table,
+         caption=plots.CAPTIONS["ud"] + f" Threshold {result.threshold:.4g} (from the reference's SAL).")
 with st.expander("How to read UD", expanded=False):
     st.markdown(
         "- **UD near 1**: as many layers stay sharp (learnable) as in clean training; the protection "
@@ -45,10 +51,15 @@ with st.expander("How to read UD", expanded=False):
 st.dataframe(table, width="stretch", hide_index=True, column_config={
     "UD": st.column_config.NumberColumn(format="%.3f"), "count": st.column_config.NumberColumn(
         "learnable layers / epoch", format="%.2f"),
-    "final_test_acc": st.column_config.NumberColumn("final clean-test acc", format="%.3f")})
+    "acc_final": st.column_config.NumberColumn("acc final", format="%.3f", help="clean-test accuracy at the last epoch"),
+    "acc_last": st.column_config.NumberColumn("acc last 4", format="%.3f",
+                                             help="mean clean-test accuracy of the last 4 trained epochs"),
+    "acc_peak": st.column_config.NumberColumn("acc peak", format="%.3f", help="the best trained epoch's")})
+st.caption("Accuracy as a fraction of the clean test set, read three ways: at the last epoch, the mean of the last 4 "
+           "trained epochs (epoch 0, the untrained model, never counts) and the best epoch.")
 st.download_button("Download the table (CSV)", table.to_csv(index=False), "ud.csv", "text/csv")
-st.plotly_chart(plots.counts_per_epoch(result.per_epoch, study.sal_epochs(), colours=ui.colours()), width="stretch")
-st.caption(plots.CAPTIONS["counts"])
+ui.chart(plots.counts_per_epoch(result.per_epoch, study.sal_epochs(), colours=ui.colours()), "ud-counts",
+         caption=plots.CAPTIONS["counts"])
 notes = study.skipped + result.warnings
 if notes:
     with st.expander(f"{len(notes)} run(s) or value(s) left out"):
@@ -59,7 +70,7 @@ seeds = ui.guard(seed_table, paths)
 if seeds is not None and len(seeds) and seeds.groupby("variant")["seed"].nunique().max() > 1:
     st.subheader("Over seeds")
     summary = seed_summary(seeds)
-    st.plotly_chart(plots.ud_seed_bars(summary, seeds), width="stretch")
+    ui.chart(plots.ud_seed_bars(summary, seeds), "ud-seeds", data=summary)
     st.caption("Runs that differ only in their training seed are grouped (their name without the seed). Each run's UD "
                "is taken against the clean run with the same seed and settings, so the spread is the seeds', not "
                "the reference's. Runs without such a clean run, or without SAL, have no UD here.")

@@ -2,7 +2,7 @@
 import streamlit as st
 
 from ulviz import plots, ui
-from ulviz.teaching import ToyConfig, expected_accuracy, lesson
+from ulviz.teaching import ToyConfig, binomial_se, expected_accuracy, lesson
 
 ui.page("Teaching: a two-weight loss landscape",
         "Logistic regression with two weights and no bias, so the plane below is the whole weight space and "
@@ -46,15 +46,24 @@ les = compute(cfg)
 best = float(expected_accuracy([1.0, 0.0], cfg.separation, cfg.noise)[0])
 clean_end, poisoned_end = les.path["clean"][-1], les.path["poisoned"][-1]
 
+n_test = len(les.data.y_test)
+se = binomial_se(best, n_test)
+clean_acc, poisoned_acc = les.test_acc['clean'][-1], les.test_acc['poisoned'][-1]
 cols = st.columns(3)
-cols[0].metric("Clean-test accuracy, trained on clean data", f"{les.test_acc['clean'][-1]:.1%}")
-cols[1].metric("Clean-test accuracy, trained on poisoned data", f"{les.test_acc['poisoned'][-1]:.1%}",
-               delta=f"{(les.test_acc['poisoned'][-1] - les.test_acc['clean'][-1]) * 100:+.1f} points")
-cols[2].metric("Best a linear model can do", f"{best:.1%}",
+cols[0].metric("Clean-test accuracy, trained on clean data", f"{clean_acc:.3f} ± {binomial_se(clean_acc, n_test):.3f}",
+               help=f"On a test set of {n_test} points; ± one binomial standard error.")
+cols[1].metric("Clean-test accuracy, trained on poisoned data", f"{poisoned_acc:.3f} ± {binomial_se(poisoned_acc, n_test):.3f}",
+               delta=f"{poisoned_acc - clean_acc:+.3f}")
+cols[2].metric("Best a linear model can do (expected)", f"{best:.3f}",
                help="Expected accuracy on clean data of the best linear model (its weight along x1, the true "
-                    "feature, only), for this class separation and noise.")
+                    "feature, only), for this class separation and noise: over infinitely many test points.")
+st.caption(
+    f"Accuracies are fractions of a finite test set of {n_test} points, so they scatter around their expected value "
+    f"with a binomial standard error √(p(1−p)/n) ≈ {se:.3f} here: a measured accuracy can land above the best "
+    f"expected one ({best:.3f}) by chance. Within about two standard errors ({best - 2 * se:.3f} to "
+    f"{best + 2 * se:.3f}) the clean model is as good as a linear model can be.")
 
-st.plotly_chart(plots.teaching_surfaces(les.w1, les.w2, les.surface, les.path, log_scale), width="stretch")
+ui.chart(plots.teaching_surfaces(les.w1, les.w2, les.surface, les.path, log_scale), "teaching-weight-space")
 st.caption(
     "Each point of the plane is a model; the colour is its exact mean loss on that panel's training data, on one "
     "colour scale for both. Both paths start at the star. On clean data the bowl's bottom lies on the w1 axis "
@@ -65,7 +74,7 @@ st.caption(
 
 left, right = st.columns(2)
 with left:
-    st.plotly_chart(plots.teaching_accuracy(les.test_acc, les.train_acc, best), width="stretch")
+    ui.chart(plots.teaching_accuracy(les.test_acc, les.train_acc, best), "teaching-accuracy")
     st.caption(
         "Solid: accuracy on clean test data (no shortcut); dashed: on the data the path trained on. With a strong "
         "shortcut on every point, the poisoned path fits its training data perfectly while its clean-test "
@@ -73,7 +82,7 @@ with left:
         "moves w1 any more. Lower the poisoned fraction and the clean points keep pushing w1: partial poisoning "
         "barely hurts.")
 with right:
-    st.plotly_chart(plots.teaching_sal({k: v.sal for k, v in les.sal.items()}), width="stretch")
+    ui.chart(plots.teaching_sal({k: v.sal for k, v in les.sal.items()}), "teaching-sal")
     st.caption(
         f"SAL of one weight: how far the training loss can still move (up or down) when only that weight moves "
         f"within ±{cfg.eps:g}·|w_i| (exact here; on networks, per layer). On poisoned data the true feature's "
@@ -81,8 +90,8 @@ with right:
         "learnability, counted layer by layer, is what the Unlearnable Distance measures. A weight at 0 has "
         "SAL 0 (its radius is 0); values below 1e-8 are drawn at 1e-8.")
 
-st.plotly_chart(plots.teaching_data({"clean": les.data.x_clean, "poisoned": les.data.x_poisoned}, les.data.y,
-                                    les.data.poisoned), width="stretch")
+ui.chart(plots.teaching_data({"clean": les.data.x_clean, "poisoned": les.data.x_poisoned}, les.data.y,
+                             les.data.poisoned), "teaching-data")
 st.caption(
     "The training points before and after poisoning (ringed: the poisoned ones). The classes overlap along x1, "
     "so no line separates clean data. The noise-free shortcut separates the poisoned points by a gap of "

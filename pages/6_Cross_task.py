@@ -17,7 +17,7 @@ table = ui.guard(crosstask_table, [r.path for r in runs.values()], probe=False)
 if table is None or table.empty:
     st.stop()
 
-st.plotly_chart(plots.crosstask_heatmap(table), width="stretch")
+ui.chart(plots.crosstask_heatmap(table), "crosstask", data=table)
 st.caption("Each cell: the protected run's clean-test score (accuracy, or IoU for segment) divided by the clean "
            "run's of the same task, the score itself in brackets. The paper's finding: the classification column "
            "falls far below 1 while the other tasks stay near 1, so the images were not made unlearnable, only "
@@ -40,7 +40,7 @@ if st.session_state.get("crosstask_probe") or st.button(
         bar.progress((i + 1) / len(runs), text=f"linear probes: {i + 1}/{len(runs)}")
     bar.empty()
     table["probe"] = [float("nan") if v is None else v for v in values]
-    st.plotly_chart(plots.probe_bars(table), width="stretch")
+    ui.chart(plots.probe_bars(table), "crosstask-probe", data=table)
     st.caption("A logistic-regression head fitted on each frozen network's penultimate features of the clean training "
                "images, with their true classes, scored on the clean test images. High bars under a protection whose "
                "classification score collapsed mean the features still carry the classes.")

@@ -30,8 +30,9 @@ else:
 if study is None or study.table.empty:
     st.stop()
 
-st.plotly_chart(plots.defense_heatmap(study.pivot("accuracy"), "accuracy", study.pivot("ratio")), width="stretch")
-st.plotly_chart(plots.defense_heatmap(study.pivot("UD"), "UD"), width="stretch")
+ui.chart(plots.defense_heatmap(study.pivot("accuracy"), "accuracy", study.pivot("ratio")), "defenses-accuracy",
+         data=study.pivot("accuracy").reset_index())
+ui.chart(plots.defense_heatmap(study.pivot("UD"), "UD"), "defenses-ud", data=study.pivot("UD").reset_index())
 st.caption("Top: clean-test accuracy (mean of the last 4 epochs), coloured by its ratio to the clean run under the "
            "same defense (in brackets). Bottom: UD, the learnable layers per epoch relative to that clean run; 0 would "
            "be truly unlearnable, 1 is as learnable as clean training. A defense that works lifts a protection's row "
@@ -48,7 +49,8 @@ if methods and defenses:
     if fractions.empty:
         st.info(f"{method} has no SAL under {defense} or without a defense.")
     else:
-        st.plotly_chart(plots.defense_layers(fractions, method), width="stretch")
+        ui.chart(plots.defense_layers(fractions, method), f"defenses-layers-{method}-{defense}",
+                 data=fractions.reset_index())
         st.caption("For each layer, the share of SAL epochs in which its SAL is above the threshold of the clean run "
                    "trained the same way (without a defense, or under the chosen one). Layers whose bar rises under "
                    "the defense are the ones it makes learnable again.")

@@ -58,7 +58,7 @@ for m in measures:
     cols = st.columns(len(have))
     for col, n in zip(cols, have):
         with col:
-            st.plotly_chart(plots.measure_heatmap(frames[n][m], n, LABELS[m], zrange), width="stretch")
+            ui.chart(plots.measure_heatmap(frames[n][m], n, LABELS[m], zrange), f"atlas-{m}-{n}")
     st.caption(plots.CAPTIONS["atlas_heatmap"] + f" Range {zrange[0]:.4g} to {zrange[1]:.4g}.")
 
 with_sal = [n for n in ready if len(runs[n].sal_epochs)]
@@ -67,7 +67,7 @@ if not with_sal:
     st.stop()
 table = pd.concat([sal_correlations(frames[n], runs[n].sal_frame()).assign(run=n) for n in with_sal])
 st.subheader("Does a measure rank layers as SAL does?")
-st.plotly_chart(plots.correlation_bars(table, colours), width="stretch")
+ui.chart(plots.correlation_bars(table, colours), "atlas-correlation", data=table)
 st.caption(plots.CAPTIONS["atlas_rho"] + " rho_per_epoch: the mean over epochs of the correlation across layers.")
 st.dataframe(table[["run", "label", "rho_all", "rho_per_epoch", "epochs"]], hide_index=True, width="stretch",
              column_config={c: st.column_config.NumberColumn(format="%.3f") for c in ("rho_all", "rho_per_epoch")})

@@ -69,9 +69,9 @@ if st.button("Transplant each block", key="surgery_blocks"):
     with st.spinner("transplanting"):
         table = ui.guard(block_transplants, p, c, int(epoch))
     if table is not None:
-        st.plotly_chart(plots.surgery_bars(table, float(p.metrics.test_acc.iloc[int(epoch)]),
-                                           float(c.metrics.test_acc.iloc[int(epoch)]),
-                                           f"{protected}: one block from {clean} at epoch {int(epoch)}"),
-                        width="stretch")
+        ui.chart(plots.surgery_bars(table, float(p.metrics.test_acc.iloc[int(epoch)]),
+                                    float(c.metrics.test_acc.iloc[int(epoch)]),
+                                    f"{protected}: one block from {clean} at epoch {int(epoch)}"),
+                 "surgery-blocks", data=pd.DataFrame(table))
         st.caption(plots.CAPTIONS["surgery_blocks"])
         st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch")

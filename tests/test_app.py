@@ -20,7 +20,7 @@ from ulviz.jobs import UPLOAD_LIMIT, Job, JobManager, add_run_file, inside, safe
 from ulviz.errors import UlvizError
 
 PAGES = ["pages/1_Loss_landscape.py", "pages/2_SAL.py", "pages/3_Optimization_paths.py",
-         "pages/4_Unlearnable_Distance.py"]  # the run pages; the teaching page has no runs (tests/test_teaching.py)
+         "pages/4_Unlearnable_Distance.py", "pages/10_Compare_runs.py", "pages/11_Perturbations.py"]  # the run pages; the teaching page has no runs (tests/test_teaching.py)
 DEMO = ROOT / "data" / "demo"
 
 
@@ -121,7 +121,49 @@ def test_ud_page_table_and_download(study, monkeypatch, tmp_path):
     assert not at.exception
     table = at.dataframe[0].value
     assert list(table["run"]) == ["clean", "random"] and table["UD"].iloc[0] == pytest.approx(1.0)
-    assert len(at.get("download_button")) == 1
+    assert {"acc_final", "acc_last", "acc_peak"} <= set(table.columns)  # accuracy three ways
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert "Download the table (CSV)" in labels
+    assert {"PNG", "SVG", "PDF", "CSV"} <= set(labels) or "CSV" in labels  # every chart's exports
+
+
+def test_every_chart_has_its_export_buttons(study, monkeypatch, tmp_path):
+    from ulviz import plots
+
+    shutil.copytree(study, tmp_path / "s")
+    at = _app("pages/2_SAL.py", tmp_path / "s", monkeypatch).run()
+    assert not at.exception
+    labels = [b.proto.label for b in at.get("download_button")]
+    per_chart = 1 + (len(plots.EXPORT_FORMATS) if plots.export_problem() is None else 0)
+    assert len(labels) == per_chart * len(_charts(at))
+    assert labels.count("CSV") == len(_charts(at))
+
+
+def test_landscape_default_leaves_out_incomparable_runs_and_says_why(study, monkeypatch, tmp_path):
+    shutil.copytree(study, tmp_path / "s")
+    cfg = replace(tiny_config(epochs=1), name="wide", model=replace(tiny_config().model, width=64))
+    train(cfg, tmp_path / "s" / "wide.h5")
+    at = _app(PAGES[0], tmp_path / "s", monkeypatch).run()
+    assert not at.exception
+    assert at.sidebar.multiselect[0].value == ["clean", "random"]
+    assert any("wide" in c.value and "width 64" in c.value for c in at.sidebar.caption)
+    at = at.sidebar.multiselect[0].set_value(["clean", "wide"]).run()
+    assert any("Not comparable" in w.value and "wide" in w.value for w in at.warning)
+
+
+def test_sal_page_says_which_runs_have_no_sal_in_the_window(study, monkeypatch, tmp_path):
+    shutil.copytree(study, tmp_path / "s")
+    train(replace(tiny_config(epochs=2), name="nosal"), tmp_path / "s" / "nosal.h5")
+    cfg = replace(tiny_config(epochs=1), name="late", sal=SALConfig(estimator="fast", subset=64))
+    train(cfg, tmp_path / "s" / "late.h5")
+    at = _app("pages/2_SAL.py", tmp_path / "s", monkeypatch).run()
+    at = at.sidebar.multiselect[0].set_value(["clean", "late"]).run()
+    at = at.sidebar.select_slider[0].set_value((2, 3)).run()  # late has SAL at epoch 1 only
+    assert not at.exception
+    assert any("No SAL in" in i.value and "late" in i.value for i in at.info)
+    titles = [json.loads(c.proto.spec)["layout"]["title"]["text"] for c in _charts(at)]
+    assert any(t.endswith(": clean") or ": clean (" in t for t in titles)  # the clean run's heatmap
+    assert not any("late" in t for t in titles)  # no empty axes for the run without SAL there
 
 
 def test_pages_without_sal_or_runs_explain_themselves(tmp_path, monkeypatch):
@@ -289,9 +331,10 @@ def test_sal_page_one_colour_range_and_the_epoch_window(study, monkeypatch, tmp_
     at.sidebar.select_slider[0].set_value((2, 3)).run()
     assert not at.exception
     figures = _figures(at)
-    hist = next(f for f in figures if f["data"][0]["type"] == "histogram")
+    # the histogram is drawn as step outlines: each bin's count twice, once per edge of the bin
+    hist = next(f for f in figures if f["layout"]["title"]["text"].startswith("Per-layer SAL"))
     assert "epochs 2–3" in hist["layout"]["title"]["text"]
-    assert sum(_array(t["x"]).size for t in hist["data"]) == sum(f.loc[2:3].size for f in sal.values())
+    assert sum(_array(t["y"]).sum() / 2 for t in hist["data"]) == sum(f.loc[2:3].size for f in sal.values())
     heat = [f for f in figures if f["data"][0]["type"] == "heatmap"]
     assert all(list(_array(f["data"][0]["x"])) == [2, 3] for f in heat)
     top = max(float(f.loc[2:3].to_numpy().max()) for f in sal.values())

@@ -155,7 +155,9 @@ def _click_to(page, server, route: str, previous_heading: str) -> str:
     page.wait_for_url(f"{server.url}/{route}", timeout=60_000)
     page.wait_for_function("h => { const e = document.querySelector('h1'); return e && e.innerText.trim() "
                            "&& e.innerText.trim() !== h; }", arg=previous_heading, timeout=120_000)
-    page.wait_for_selector('[data-testid="stPlotlyChart"]', timeout=180_000)
+    # a chart, or on a page that computes only when asked, its button
+    wanted = '[data-testid="stButton"]' if route.lower() in ON_REQUEST else '[data-testid="stPlotlyChart"]'
+    page.wait_for_selector(wanted, timeout=180_000)
     _wait_idle(page)
     return _heading(page)
 
@@ -175,15 +177,41 @@ def _screenshot(page, name: str) -> None:
         page.set_viewport_size(size)
 
 
+# pages that compute only when asked (a button), so the bundled demo shows no chart there before a click
+ON_REQUEST = {"sharpness_atlas", "layer_surgery"}
+
+
 def _check_page(page, name: str) -> None:
     exceptions = page.locator('[data-testid="stException"]')
     assert exceptions.count() == 0, f"{name}: {exceptions.first.inner_text()}"
     errors = page.locator('[data-testid="stAlertContentError"]')
     assert errors.count() == 0, f"{name}: {errors.first.inner_text()}"
     charts = page.locator('[data-testid="stPlotlyChart"]')
+    if name in ON_REQUEST and charts.count() == 0:
+        assert page.locator('[data-testid="stButton"]').count() >= 1, f"{name}: no chart and nothing to ask for one"
+        return
     assert charts.count() >= 1, name
     assert charts.first.locator("svg.main-svg").count() >= 1, f"{name}: plotly drew nothing"
     assert page.locator('[data-testid="stCaptionContainer"]').count() >= 1, f"{name}: no caption"
+
+
+def _download(page, label: str) -> bytes:
+    """Click the first export button labelled `label` and return the file it downloads."""
+    button = page.locator('[data-testid="stDownloadButton"] button', has_text=label).first
+    with page.expect_download(timeout=180_000) as download:
+        button.click()
+    return Path(download.value.path()).read_bytes()
+
+
+def _check_exports(page) -> None:
+    """The first chart's exports: its data as CSV, and (where kaleido finds a browser) a vector SVG."""
+    from ulviz import plots
+
+    csv = _download(page, "CSV").decode("utf-8")
+    assert csv.splitlines()[0].count(",") >= 2 and len(csv.splitlines()) > 2, csv[:200]
+    if plots.export_problem() is None:
+        svg = _download(page, "SVG")
+        assert svg.lstrip().startswith(b"<svg") and b"</svg>" in svg, svg[:100]
 
 
 def test_every_page_in_chromium(server, browser):
@@ -206,6 +234,9 @@ def test_every_page_in_chromium(server, browser):
         _wait_idle(page)
         _check_page(page, "home")
         _screenshot(page, "home")
+        nav = page.locator('[data-testid="stSidebarNav"]').inner_text()
+        assert "Home" in nav.splitlines() and "app" not in nav.splitlines(), nav  # not the entry file's name
+        _check_exports(page)
         seen = {heading}
         for route, name in routes[1:] + routes[:1]:
             heading = _click_to(page, server, route, heading)
@@ -251,8 +282,7 @@ def _job(server, out: Path, server_load: list) -> list[float]:
     epoch 1 (warm-up). Appends the server's CPU use meanwhile (in cores) to `server_load`."""
     from ulviz.store import open_run
 
-    (ROOT / out).parent.mkdir(parents=True, exist_ok=True)  # ulviz train --out makes no directories
-
+    (ROOT / out).parent.mkdir(parents=True, exist_ok=True)  # `ulviz train --out` refuses a missing directory
     cpu, start = _cpu_seconds(server.proc.pid), time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "ulviz.cli", "train", *JOB, "--out", str(out)], cwd=ROOT,
                        env=server.env, capture_output=True, text=True, timeout=900)

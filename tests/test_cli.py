@@ -59,3 +59,17 @@ def test_output_into_a_closed_pipe_is_not_a_traceback(unbuffered):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0
     assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_sal_prints_layers_as_rows_narrow_enough_for_a_terminal(tmp_path, capsys):
+    out = tmp_path / "run.h5"
+    assert main(["train", "--dataset", "synthetic", "--model", "mlp", "--epochs", "3", "--out", str(out),
+                 "--quiet", "--sal", "none"]) == 0
+    capsys.readouterr()
+    assert main(["sal", str(out), "--estimator", "fast", "--sal-subset", "32"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    run = open_run(out)
+    rows = [line for line in lines[1:] if line.split() and line.split()[0] in run.layer_names]
+    assert [r.split()[0] for r in rows] == run.layer_names  # one row per layer
+    assert all(len(r.split()) == 1 + len(run.sal_epochs) for r in rows)  # one column per epoch
+    assert max(len(line) for line in lines[1:]) < 120

@@ -40,17 +40,19 @@ def test_every_subplot_keeps_its_axis_titles():
         titles = _axis_titles(fig, kind)
         assert len(titles) == 3 and all(titles.values()), titles  # the first panel's too
     m = plots.metrics_figure({"clean": _metrics()})
-    assert _axis_titles(m, "y") == {"yaxis": "accuracy (%)", "yaxis2": "loss (cross-entropy, nats)"}
+    assert _axis_titles(m, "y") == {"yaxis": plots.ACC_AXIS, "yaxis2": "loss (cross-entropy, nats)"}
     assert set(_axis_titles(m, "x").values()) == {"epoch"}
 
 
-def test_ud_chart_names_both_axes_with_round_accuracy_ticks():
+def test_ud_chart_puts_accuracy_in_its_own_panel_not_on_a_second_axis():
     table = pd.DataFrame({"run": ["clean", "em"], "UD": [1.0, 0.4], "final_test_acc": [0.9, 0.2]})
     fig = plots.ud_bars(table, colours={"clean": "#111111", "em": "#222222"})
     assert fig.layout.yaxis.title.text == "UD (clean run = 1)"
-    right = fig.layout.yaxis2
-    assert right.title.text == "final clean-test accuracy (%)"
-    assert (right.tick0, right.dtick, right.showgrid, tuple(right.range)) == (0, 20, False, (0, 100))
+    lower = fig.layout.yaxis2
+    assert "accuracy" in lower.title.text and tuple(lower.range) == (0, 1)  # a fraction, like every table
+    assert lower.overlaying is None  # its own panel: no tick of it can line up with UD = 1
+    assert fig.data[0].yaxis == "y" and fig.data[1].yaxis == "y2"
+    np.testing.assert_allclose(fig.data[1].y, [0.9, 0.2])
     assert list(fig.data[0].marker.color) == ["#111111", "#222222"]  # each run's own colour
 
 
@@ -109,7 +111,7 @@ def test_metrics_figure_shows_accuracy_and_loss():
     m = _metrics(scale=2.0)
     fig = plots.metrics_figure({"clean": m})
     by_axis = {(t.name, t.yaxis): np.asarray(t.y) for t in fig.data}
-    np.testing.assert_allclose(by_axis[("clean train", "y")], m["train_acc"] * 100)
+    np.testing.assert_allclose(by_axis[("clean train", "y")], m["train_acc"])  # a fraction, as in the tables
     np.testing.assert_allclose(by_axis[("clean clean test", "y2")], m["test_loss"])
     np.testing.assert_allclose(by_axis[("clean train", "y2")], m["train_loss"])
     assert sum(t.showlegend is not False for t in fig.data) == 2  # one legend entry per run and split

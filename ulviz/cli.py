@@ -351,7 +351,9 @@ def _sal(args) -> int:
     if bar is not None:
         bar.close()
     print(f"{args.run}: SAL ({args.estimator}) for {len(run.sal_epochs)} epoch(s) x {len(run.layer_names)} layers")
-    print(run.sal_frame().to_string(float_format=lambda v: f"{v:.4f}"))
+    # layers as rows, epochs as columns: a ResNet's 21 layers across a terminal wrapped badly
+    table = run.sal_frame().T.rename_axis("layer / epoch")
+    print(table.to_string(float_format=lambda v: f"{v:.3e}"))
     return 0
 
 

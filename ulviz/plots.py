@@ -25,12 +25,16 @@ def _scale(name: str) -> list[list]:
             for at, c in plotly.colors.get_colorscale(name)]
 
 
+# Accuracy is a fraction (0..1) everywhere, in figures as in tables: one unit, no "84.4%" beside "0.841"
+ACC_AXIS = "accuracy (fraction correct)"
+
 SAL_SCALE = _scale("Magma")  # dark = SAL near 0 (nothing left to learn), bright = high SAL (learnable)
 
 
 # Colours of runs: PALETTE's nine, then eleven more from plotly's Dark24 and Light24 that stay
 # apart from them on a white page; past twenty, hues spaced by the golden angle.
-RUN_PALETTE = PALETTE + ["#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d",
+# (no second blue: "#3182bd" sat beside the clean run's "#1f77b4" and read as the same run)
+RUN_PALETTE = PALETTE + ["#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#e7ba52", "#e6550d",
                          "#31a354", "#756bb1", "#636363"]
 
 
@@ -95,9 +99,10 @@ CAPTIONS = {
     "paths": "Each run's weights projected on the two principal directions of its path (epochs as dots, "
              "the first one marked); the colour is the loss on that plane around the final weights.",
     "ud": "Unlearnable Distance: learnable layers per epoch relative to the clean run (clean = 1, truly "
-          "unlearnable = 0), next to the clean-test accuracy each run reaches.",
+          "unlearnable = 0), top; below, on its own axis, the clean-test accuracy each run reaches at its last "
+          "epoch (a fraction: two panels, not two scales on one, so no tick of one lines up with the other's).",
     "counts": "Learnable layers (SAL above the threshold) at each epoch, per run.",
-    "metrics": "Accuracy (left) and loss (right) per epoch: solid on the data the run trained on (maybe "
+    "metrics": "Accuracy (left, fraction correct) and loss (right) per epoch: solid on the data the run trained on (maybe "
                "protected), dashed on the clean test set. Epoch 0 is the untrained model.",
     "divergence": "Relative distance ‖θ_poisoned − θ_clean‖ / ‖θ_clean‖ of each layer (rows) per epoch: "
                   "where the poisoned path leaves the clean one.",
@@ -141,12 +146,12 @@ def landscape_lines(lands: dict, metric: str = "loss", colours: dict[str, str] |
     slice is (None = :func:`landscape_detail` of the landscapes' settings, "" = nothing)."""
     fig = go.Figure()
     for i, (name, land) in enumerate(lands.items()):
-        values = land.loss if metric == "loss" else land.acc * 100
+        values = land.loss if metric == "loss" else land.acc
         fig.add_trace(go.Scatter(x=land.coords[0], y=values, mode="lines", name=name,
                                  line=dict(color=_colour(colours, name, i), width=2)))
     kind = next(iter(lands.values())).settings.get("kind", "line") if lands else "line"
     x = "α (interpolation: 0 = start, 1 = end)" if kind == "interp" else "α (step along the direction)"
-    y = "loss (cross-entropy, nats)" if metric == "loss" else "accuracy (%)"
+    y = "loss (cross-entropy, nats)" if metric == "loss" else ACC_AXIS
     what = "between two weight states" if kind == "interp" else "along a line in weight space"
     return _layout(fig, f"{'Loss' if metric == 'loss' else 'Accuracy'} {what}", x, y,
                    subtitle=landscape_detail(lands) if subtitle is None else subtitle)
@@ -220,13 +225,14 @@ def sal_heatmap(frame: pd.DataFrame, name: str, threshold: float | None = None,
     or each gets its own and a run with SAL 0.014 looks as bright as one with 1.4."""
     zmin, zmax = zrange if zrange is not None else sal_range([frame])
     fig = go.Figure(go.Heatmap(z=frame.to_numpy().T, x=frame.index, y=list(frame.columns), colorscale=SAL_SCALE,
-                               zmin=zmin, zmax=zmax, colorbar=dict(title="SAL"),
-                               hovertemplate="epoch %{x}<br>%{y}<br>SAL %{z:.4f}<extra></extra>"))
+                               zmin=zmin, zmax=zmax, colorbar=dict(title="SAL", exponentformat="e"),
+                               hovertemplate="epoch %{x}<br>%{y}<br>SAL %{z:.3e}<extra></extra>"))
     title = f"SAL per layer and epoch: {name}" + (f" (threshold {threshold:.3g})" if threshold is not None else "")
     return _layout(fig, title, "epoch", "layer (weight tensor)")
 
 
-def path_figure(plane, names: list[str], land=None, colours: dict[str, str] | None = None) -> go.Figure:
+def path_figure(plane, names: list[str], land=None, colours: dict[str, str] | None = None,
+                title: str = "Optimization paths on the PCA plane") -> go.Figure:
     """Runs' paths on a PCA plane, over the loss contour of that plane when given."""
     fig = go.Figure()
     if land is not None:
@@ -243,28 +249,27 @@ def path_figure(plane, names: list[str], land=None, colours: dict[str, str] | No
         fig.add_trace(go.Scatter(x=xy[:1, 0], y=xy[:1, 1], mode="markers", showlegend=False, hoverinfo="skip",
                                  marker=dict(symbol="star", size=14, color=colour, line=dict(width=1, color="black"))))
     ev = plane.explained
-    return _layout(fig, "Optimization paths on the PCA plane",
+    return _layout(fig, title,
                    f"PC1 ({ev[0] * 100:.1f}% of the variance)", f"PC2 ({ev[1] * 100:.1f}% of the variance)", height=520)
 
 
 def ud_bars(table: pd.DataFrame, colours: dict[str, str] | None = None) -> go.Figure:
-    """UD per run (bars in each run's colour, clean = 1) and final clean-test accuracy (black
-    diamonds, right axis)."""
-    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    """UD per run (bars in each run's colour, clean = 1) above the final clean-test accuracy of the
+    same runs, in two panels sharing the run axis. Not two y axes on one panel: their ticks line up
+    by accident (UD = 1 sat level with 40% accuracy) and read as a relation that is not there."""
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.6, 0.4])
     runs = list(table["run"])
-    fig.add_trace(go.Bar(x=runs, y=table["UD"], name="UD",
-                         marker_color=[_colour(colours, r, i) for i, r in enumerate(runs)],
-                         hovertemplate="%{x}<br>UD %{y:.3f}<extra></extra>"), secondary_y=False)
-    fig.add_trace(go.Scatter(x=runs, y=table["final_test_acc"] * 100, name="clean-test accuracy",
-                             mode="markers", marker=dict(size=12, color="black", symbol="diamond")),
-                  secondary_y=True)
-    fig.add_hline(y=1, line_dash="dot", line_color="grey")
-    fig.update_yaxes(title_text="UD (clean run = 1)", secondary_y=False, rangemode="tozero")
-    # round accuracy ticks, and no second grid: plotly would otherwise place the right axis's
-    # ticks on the left axis's grid lines, at 13, 26.1, 39.1 ...
-    fig.update_yaxes(title_text="final clean-test accuracy (%)", secondary_y=True, range=[0, 100],
-                     tick0=0, dtick=20, showgrid=False, tickmode="linear")
-    return _layout(fig, "Unlearnable Distance per run", "run", "")
+    marker = [_colour(colours, r, i) for i, r in enumerate(runs)]
+    fig.add_trace(go.Bar(x=runs, y=table["UD"], name="UD", marker_color=marker, showlegend=False,
+                         hovertemplate="%{x}<br>UD %{y:.3f}<extra></extra>"), row=1, col=1)
+    fig.add_trace(go.Bar(x=runs, y=table["final_test_acc"], name="final clean-test accuracy", showlegend=False,
+                         marker=dict(color="white", line=dict(color=marker, width=2)),
+                         hovertemplate="%{x}<br>accuracy %{y:.3f}<extra></extra>"), row=2, col=1)
+    fig.add_hline(y=1, line_dash="dot", line_color="grey", row=1, col=1)
+    fig.update_yaxes(title_text="UD (clean run = 1)", rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(title_text="final accuracy (fraction)", range=[0, 1], row=2, col=1)
+    fig.update_xaxes(title_text="run", row=2, col=1)
+    return _layout(fig, "Unlearnable Distance per run, and the accuracy it reaches", "", "", height=560)
 
 
 def ud_seed_bars(summary: pd.DataFrame, table: pd.DataFrame) -> go.Figure:
@@ -307,10 +312,10 @@ def metrics_figure(metrics: dict[str, pd.DataFrame], colours: dict[str, str] | N
         colour = _colour(colours, name, i)
         for split, dash in (("train", None), ("test", "dash")):
             label = f"{name} {'train' if split == 'train' else 'clean test'}"
-            for col, column, scale in ((1, f"{split}_acc", 100), (2, f"{split}_loss", 1)):
+            for col, column, scale in ((1, f"{split}_acc", 1), (2, f"{split}_loss", 1)):
                 fig.add_trace(go.Scatter(x=m["epoch"], y=m[column] * scale, name=label, legendgroup=label,
                                          showlegend=col == 1, line=dict(color=colour, dash=dash)), row=1, col=col)
-    fig.update_yaxes(title_text="accuracy (%)", range=[0, 100], row=1, col=1)
+    fig.update_yaxes(title_text=ACC_AXIS, range=[0, 1.02], row=1, col=1)
     fig.update_yaxes(title_text="loss (cross-entropy, nats)", rangemode="tozero", row=1, col=2)
     fig.update_xaxes(title_text="epoch")
     return _layout(fig, "Accuracy and loss per epoch", "", "")
@@ -352,13 +357,13 @@ def probe_bars(table: pd.DataFrame, colours: dict[str, str] | None = None) -> go
     fig = go.Figure()
     for i, (task, group) in enumerate(table.groupby("task", sort=False)):
         group = group.sort_values("label", key=lambda c: c.map(lambda r: (r != "clean", r)))
-        fig.add_trace(go.Bar(x=group["label"], y=group["probe"] * 100, name=task,
+        fig.add_trace(go.Bar(x=group["label"], y=group["probe"], name=task,
                              marker_color=PALETTE[i % len(PALETTE)],
-                             hovertemplate="%{x} · " + task + "<br>probe %{y:.1f}%<extra></extra>"))
+                             hovertemplate="%{x} · " + task + "<br>probe %{y:.3f}<extra></extra>"))
     fig.update_layout(barmode="group")
-    fig.update_yaxes(range=[0, 100])
+    fig.update_yaxes(range=[0, 1])
     return _layout(fig, "Linear probe: clean-test accuracy of a logistic head on the frozen features",
-                   "protection", "probe accuracy (%)")
+                   "protection", "probe accuracy (fraction correct)")
 
 
 
@@ -401,6 +406,7 @@ def defense_layers(fractions: pd.DataFrame, method: str) -> go.Figure:
                              hovertemplate="%{x}<br>learnable in %{y:.0f}% of SAL epochs<extra></extra>"))
     fig.update_layout(barmode="group")
     fig.update_yaxes(range=[0, 105])
+    fig.update_xaxes(tickangle=-40, automargin=True)  # a ResNet's 21 layer names side by side overlap
     return _layout(fig, f"Which layers {method} leaves learnable, without and with the defense", "layer",
                    "learnable epochs (%)", subtitle="a layer is learnable in an epoch when its SAL is above the "
                    "threshold of the clean run trained the same way")
@@ -495,17 +501,17 @@ def teaching_accuracy(test_acc: dict[str, np.ndarray], train_acc: dict[str, np.n
     fig = go.Figure()
     for i, (name, acc) in enumerate(test_acc.items()):
         colour = _teach_colour(name, i)
-        fig.add_trace(go.Scatter(x=np.arange(len(acc)), y=acc * 100, mode="lines", name=f"{name}: clean test",
+        fig.add_trace(go.Scatter(x=np.arange(len(acc)), y=acc, mode="lines", name=f"{name}: clean test",
                                  line=dict(color=colour, width=2.5)))
         if train_acc is not None and name in train_acc:
-            fig.add_trace(go.Scatter(x=np.arange(len(train_acc[name])), y=train_acc[name] * 100, mode="lines",
+            fig.add_trace(go.Scatter(x=np.arange(len(train_acc[name])), y=train_acc[name], mode="lines",
                                      name=f"{name}: its training data",
                                      line=dict(color=colour, width=1.5, dash="dash")))
     if best is not None:
-        fig.add_hline(y=best * 100, line_dash="dot", line_color="grey", annotation_text=f"best possible {best:.0%}",
+        fig.add_hline(y=best, line_dash="dot", line_color="grey", annotation_text=f"best possible {best:.3f}",
                       annotation_position="bottom right")
-    fig.update_yaxes(range=[0, 101])
-    return _layout(fig, "Accuracy along each gradient-descent path", "gradient-descent step", "accuracy (%)")
+    fig.update_yaxes(range=[0, 1.01])
+    return _layout(fig, "Accuracy along each gradient-descent path", "gradient-descent step", ACC_AXIS)
 
 
 def teaching_sal(sal: dict[str, np.ndarray], floor: float = 1e-8) -> go.Figure:
@@ -522,8 +528,9 @@ def teaching_sal(sal: dict[str, np.ndarray], floor: float = 1e-8) -> go.Figure:
                                      hovertemplate="step %{x}<br>SAL %{y:.2e}<extra>" + name + "</extra>"),
                           row=1, col=k + 1)
             fig.update_xaxes(title_text="gradient-descent step", row=1, col=k + 1)
-    fig.update_yaxes(type="log", title_text="SAL (nats, log scale)", row=1, col=1)
-    fig.update_yaxes(type="log", row=1, col=2)
+    # ".0e": every tick as 1e-k; a log axis's default writes 0.1 and 0.01 beside 1e-3
+    fig.update_yaxes(type="log", title_text="SAL (nats, log scale)", tickformat=".0e", row=1, col=1)
+    fig.update_yaxes(type="log", tickformat=".0e", row=1, col=2)
     return _layout(fig, "Sharpness-Aware Learnability of each weight along its path", "", "")
 
 
@@ -568,6 +575,7 @@ def correlation_bars(table: pd.DataFrame, colours: dict[str, str] | None = None)
         fig.add_trace(go.Bar(x=rows["label"], y=rows["rho_all"], name=run, marker_color=_colour(colours, run, i),
                              hovertemplate="%{x}<br>Spearman %{y:.3f}<extra>" + run + "</extra>"))
     fig.update_yaxes(range=[-1, 1])
+    fig.update_xaxes(tickangle=-30, automargin=True)
     return _layout(fig, "Rank correlation of each measure with SAL", "measure", "Spearman ρ", barmode="group")
 
 
@@ -578,6 +586,7 @@ def surgery_bars(table: pd.DataFrame, protected_acc: float, clean_acc: float, ti
     for y, text, colour in ((protected_acc, "protected run", PALETTE[1]), (clean_acc, "clean run", PALETTE[0])):
         if np.isfinite(y):
             fig.add_hline(y=y, line_dash="dash", line_color=colour, annotation_text=f"{text} {y:.3f}")
+    fig.update_xaxes(tickangle=-30, automargin=True)
     return _layout(fig, title, "layers transplanted", "clean-test accuracy")
 
 
@@ -597,3 +606,218 @@ def surgery_layers(sal: dict[str, np.ndarray], layers: list[str], chosen: list[s
     # legend above the plot: below it, it sat on the slanted layer names
     fig.update_layout(legend=dict(orientation="h", x=0, y=1.02, yanchor="bottom"), margin=dict(b=170))
     return fig
+
+
+# -- export: every figure as PNG, SVG, PDF, and the data behind it as CSV ----------------------
+
+EXPORT_FORMATS = ("png", "svg", "pdf")
+_BROWSERS = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
+
+
+def export_problem() -> str | None:
+    """Why static export (kaleido, which drives a headless Chrome/Chromium) cannot run here, or
+    None when it can. BROWSER_PATH names the browser; unset, the usual system paths are tried."""
+    import os
+    import shutil
+
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        return "static export needs the kaleido package (pip install kaleido)"
+    if os.environ.get("BROWSER_PATH"):
+        return None if os.path.exists(os.environ["BROWSER_PATH"]) else f"BROWSER_PATH={os.environ['BROWSER_PATH']} does not exist"
+    found = next((b for b in _BROWSERS if os.path.exists(b)), None) or shutil.which("chromium") or shutil.which("chrome")
+    if found is None:
+        return "static export needs Chrome or Chromium (apt-get install chromium, or set BROWSER_PATH)"
+    os.environ.setdefault("BROWSER_PATH", found)  # kaleido's browser finder reads it
+    return None
+
+
+def figure_image(fig: go.Figure, fmt: str = "svg", width: int = 1000, height: int | None = None,
+                 scale: float = 2.0) -> bytes:
+    """The figure as PNG, SVG or PDF bytes, rendered by plotly.js in a headless browser (kaleido).
+    Offline: plotly.js comes from the plotly package and MathJax (fetched from a CDN by default)
+    is left out, since no figure here typesets LaTeX."""
+    import kaleido
+
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"format must be one of {EXPORT_FORMATS}, got {fmt!r}")
+    problem = export_problem()
+    if problem:
+        raise RuntimeError(problem)
+    spec = fig.to_dict()
+    height = height or spec.get("layout", {}).get("height") or 560
+    return kaleido.calc_fig_sync(spec, opts=dict(format=fmt, width=width, height=height, scale=scale),
+                                 kopts=dict(mathjax=False))
+
+
+def _column(values) -> list:
+    if values is None:
+        return []
+    a = np.asarray(values)
+    return list(a.ravel()) if a.ndim else [a.item()]
+
+
+def figure_data(fig: go.Figure) -> pd.DataFrame:
+    """The data drawn in a figure, long form: one row per point of every trace (trace, its name,
+    its type, x, y, and z / value where it has them). Heatmaps and contours give one row per cell
+    (x, y of the cell, z its value); images are left out (their pixels are not data)."""
+    frames = []
+    for i, trace in enumerate(fig.data):
+        kind = trace.type
+        if kind == "image":
+            continue
+        name = getattr(trace, "name", None) or ""
+        if kind in ("heatmap", "contour", "surface"):
+            z = np.asarray(trace.z, dtype=float)
+            if z.ndim != 2:
+                continue
+            ny, nx = z.shape
+            xs = np.asarray(trace.x) if trace.x is not None else np.arange(nx)
+            ys = np.asarray(trace.y) if trace.y is not None else np.arange(ny)
+            if kind == "surface":  # x, y may be 1-D grids of the surface's columns and rows
+                xs, ys = (xs if xs.ndim == 1 else xs[0]), (ys if ys.ndim == 1 else ys[:, 0])
+            yy, xx = np.meshgrid(ys, xs, indexing="ij")
+            frames.append(pd.DataFrame({"trace": i, "name": name, "type": kind, "x": xx.ravel(), "y": yy.ravel(),
+                                        "z": z.ravel()}))
+        elif kind == "parcoords":
+            frames.append(pd.DataFrame({d.label: _column(d.values) for d in trace.dimensions}).assign(
+                trace=i, name=name, type=kind))
+        else:
+            x, y = _column(getattr(trace, "x", None)), _column(getattr(trace, "y", None))
+            n = max(len(x), len(y))
+            if n == 0:
+                continue
+            frame = pd.DataFrame({"trace": i, "name": name, "type": kind,
+                                  "x": x if len(x) == n else [None] * n, "y": y if len(y) == n else [None] * n})
+            z = _column(getattr(trace, "z", None))
+            if len(z) == n:
+                frame["z"] = z
+            frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=["trace", "name", "type", "x", "y"])
+    return pd.concat(frames, ignore_index=True)
+
+
+# -- comparing runs: groups with intervals, a sweep's grid -----------------------------------------
+
+def group_bars(summary: pd.DataFrame, metric: str, label: str, bounds: tuple[float, float] | None = None) -> go.Figure:
+    """One bar per group at the mean of `metric` with its 95% t interval as whiskers; `summary`
+    from :func:`ulviz.compare.group_summary` (group, n, <metric>_mean/_lo/_hi). `bounds`: the
+    metric's possible range (accuracy: 0 to 1), the axis's range: a t interval over two runs can
+    reach past it, and an axis down to -0.5 accuracy reads as if such values were possible."""
+    mean, lo, hi = (summary[f"{metric}_{c}"].to_numpy(dtype=float) for c in ("mean", "lo", "hi"))
+    fig = go.Figure(go.Bar(
+        x=summary["group"], y=mean, marker_color=[PALETTE[i % len(PALETTE)] for i in range(len(summary))],
+        error_y=dict(type="data", array=np.nan_to_num(hi - mean), arrayminus=np.nan_to_num(mean - lo), visible=True),
+        customdata=np.stack([summary["n"], lo, hi], axis=1),
+        hovertemplate="%{x}<br>" + label + " %{y:.3f}, 95% interval [%{customdata[1]:.3f}, %{customdata[2]:.3f}]"
+                      " over %{customdata[0]} runs<extra></extra>"))
+    fig.update_xaxes(tickangle=-30, automargin=True)
+    if bounds is not None:
+        fig.update_yaxes(range=list(bounds))
+    return _layout(fig, f"{label[0].upper()}{label[1:]} per group", "group", label, subtitle="bars: mean over the group's runs; "
+                   "whiskers: 95% t interval (none for a group of one run)")
+
+
+def group_bands(bands: dict[str, pd.DataFrame], label: str = ACC_AXIS) -> go.Figure:
+    """Per group a line at the mean over its runs, epoch by epoch, in a band of the 95% t interval
+    (bands: group -> epoch, n, mean, lo, hi from :func:`ulviz.compare.curve_band`)."""
+    fig = go.Figure()
+    for i, (group, band) in enumerate(bands.items()):
+        colour = PALETTE[i % len(PALETTE)]
+        r, g, b = plotly.colors.hex_to_rgb(colour)
+        fig.add_trace(go.Scatter(x=list(band["epoch"]) + list(band["epoch"])[::-1],
+                                 y=list(band["hi"]) + list(band["lo"])[::-1], fill="toself", mode="lines",
+                                 line=dict(width=0), fillcolor=f"rgba({r}, {g}, {b}, 0.18)", hoverinfo="skip",
+                                 legendgroup=group, showlegend=False, name=f"{group} 95% interval"))
+        fig.add_trace(go.Scatter(x=band["epoch"], y=band["mean"], mode="lines", name=group, legendgroup=group,
+                                 line=dict(color=colour, width=2), customdata=band[["n", "lo", "hi"]].to_numpy(),
+                                 hovertemplate="epoch %{x}<br>mean %{y:.3f} [%{customdata[1]:.3f}, "
+                                               "%{customdata[2]:.3f}] over %{customdata[0]} runs<extra>"
+                                               + group + "</extra>"))
+    fig.update_yaxes(range=[0, 1.02])
+    return _layout(fig, "Clean-test accuracy per epoch, mean over each group", "epoch", label,
+                   subtitle="line: mean over the group's runs; band: 95% t interval (none for one run)")
+
+
+def parallel_coordinates(frame: pd.DataFrame, fields: list[str], colour_by: str) -> go.Figure:
+    """A sweep's runs as lines across its axes (`fields`: categorical axes get their values as
+    ticks) and results, coloured by the numeric column `colour_by`."""
+    dims = []
+    for f in fields:
+        col = frame[f]
+        numeric = pd.to_numeric(col, errors="coerce")
+        if numeric.notna().all() and col.map(lambda v: not isinstance(v, bool)).all():
+            dims.append(dict(label=f, values=numeric.to_numpy(dtype=float)))
+        else:
+            values = sorted(col.astype(str).unique())
+            dims.append(dict(label=f, values=col.astype(str).map(values.index).to_numpy(dtype=float),
+                             tickvals=list(range(len(values))), ticktext=values))
+    colour = pd.to_numeric(frame[colour_by], errors="coerce").to_numpy(dtype=float)
+    fig = go.Figure(go.Parcoords(dimensions=dims, line=dict(color=np.nan_to_num(colour, nan=0.0),
+                                                          colorscale=_scale("Viridis"), showscale=True,
+                                                          colorbar=dict(title=colour_by))))
+    fig = _layout(fig, "The runs across their config fields and results", "", "", height=460)
+    return fig.update_layout(margin=dict(l=80, r=80, t=100, b=40))  # room for the axis labels above the axes
+
+
+# -- what a protection looks like ---------------------------------------------------------------
+
+def _rgb(images: np.ndarray) -> np.ndarray:
+    """N x C x H x W in [0, 1] -> N x H x W x 3 uint8 (one channel repeated)."""
+    x = np.clip(np.asarray(images, dtype=np.float64), 0, 1)
+    x = np.repeat(x, 3, axis=1) if x.shape[1] == 1 else x[:, :3]
+    return (x.transpose(0, 2, 3, 1) * 255).round().astype(np.uint8)
+
+
+def perturbation_gallery(rows: dict[str, np.ndarray], labels: list[str], title: str) -> go.Figure:
+    """A grid of images: one row per entry of `rows` (name -> N x C x H x W in [0, 1]), one
+    column per image, columns titled by `labels`."""
+    names = list(rows)
+    n = len(labels)
+    fig = make_subplots(rows=len(names), cols=n, column_titles=labels, row_titles=names,
+                        horizontal_spacing=0.01, vertical_spacing=0.03)
+    for r, name in enumerate(names):
+        for c, img in enumerate(_rgb(rows[name])):
+            fig.add_trace(go.Image(z=img, hoverinfo="skip"), row=r + 1, col=c + 1)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.update_annotations(font_size=11)
+    fig = _layout(fig, title, "", "", height=75 * len(names) + 110)
+    return fig.update_layout(margin=dict(l=20, r=110, t=90, b=10))
+
+
+def spectrum_heatmaps(spectra: dict[str, np.ndarray]) -> go.Figure:
+    """The mean amplitude spectrum of each run's perturbation (log10, centred: low frequencies in
+    the middle), side by side, each on its own colour range (the shape is what compares)."""
+    names = list(spectra)
+    fig = make_subplots(rows=1, cols=max(len(names), 1), subplot_titles=names, horizontal_spacing=0.04)
+    for i, name in enumerate(names):
+        s = np.asarray(spectra[name], dtype=float)
+        h, w = s.shape
+        fy, fx = np.fft.fftshift(np.fft.fftfreq(h)), np.fft.fftshift(np.fft.fftfreq(w))
+        fig.add_trace(go.Heatmap(z=np.log10(np.clip(s, 1e-12, None)), x=fx, y=fy, colorscale=_scale("Viridis"),
+                                 showscale=False, name=name,
+                                 hovertemplate="fx %{x:.2f}<br>fy %{y:.2f}<br>log10 amplitude %{z:.2f}<extra>"
+                                               + name + "</extra>"), row=1, col=i + 1)
+        fig.update_xaxes(title_text="fx (cycles/px)", row=1, col=i + 1)
+        fig.update_yaxes(scaleanchor="x" if i == 0 else f"x{i + 1}", row=1, col=i + 1)
+    fig.update_yaxes(title_text="fy (cycles/px)", row=1, col=1)
+    return _layout(fig, "Amplitude spectrum of the perturbation (log10, centre = low frequencies)", "", "",
+                   height=360)
+
+
+def radial_spectrum(profiles: dict[str, tuple[np.ndarray, np.ndarray]], colours: dict[str, str] | None = None,
+                    cutoff: float | None = None) -> go.Figure:
+    """Mean amplitude in rings of frequency (name -> (radius as a fraction of Nyquist, amplitude)),
+    one line per run, log y; the low/high split drawn at `cutoff`."""
+    fig = go.Figure()
+    for i, (name, (r, a)) in enumerate(profiles.items()):
+        fig.add_trace(go.Scatter(x=r, y=a, mode="lines+markers", name=name,
+                                 line=dict(color=_colour(colours, name, i), width=2)))
+    if cutoff is not None:
+        fig.add_vline(x=cutoff, line_dash="dash", line_color="grey", annotation_text="low | high")
+    fig.update_yaxes(type="log", tickformat=".0e")
+    return _layout(fig, "Perturbation amplitude by frequency", "frequency (fraction of Nyquist)",
+                   "mean amplitude (log scale)")

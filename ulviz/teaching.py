@@ -167,6 +167,15 @@ def expected_accuracy(w: np.ndarray, separation: float, noise: float) -> np.ndar
     return np.array([0.5 * (1 + erf(v / sqrt(2))) for v in z])
 
 
+def binomial_se(p: float, n: int) -> float:
+    """Standard error of an accuracy measured on n independent test points whose expected
+    accuracy is p: sqrt(p (1 - p) / n). A measured accuracy scatters this much around p, so it
+    can read above the best expected accuracy by chance."""
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    return sqrt(p * (1 - p) / n)
+
+
 # ---------------------------------------------------------------- per-weight SAL
 
 

@@ -188,9 +188,32 @@ def clean_first(runs: dict) -> list[str]:
 
 
 def pick_runs(runs: dict, label: str, default_count: int = 2, key: str | None = None) -> list[str]:
-    """A multiselect of run labels, clean runs first by default."""
+    """A multiselect of run labels, clean runs first. The default holds only runs comparable with
+    the clean reference (same dataset, model, width and task: :func:`ulviz.compare.comparable`);
+    a caption under it names the runs left out of the default and why."""
+    from .compare import comparable
+
     names = clean_first(runs)
-    return st.sidebar.multiselect(label, names, default=names[:default_count], key=key)
+    reference = clean_name(runs) or (names[0] if names else None)
+    keep, left_out = comparable(runs, reference) if reference else (names, {})
+    default = [n for n in names if n in keep][:default_count]
+    chosen = st.sidebar.multiselect(label, names, default=default, key=key)
+    if left_out:
+        st.sidebar.caption(f"Left out of the default, not comparable with the clean reference {reference}: "
+                           + "; ".join(f"{n} ({why})" for n, why in left_out.items()) + ".")
+    return chosen
+
+
+def warn_incomparable(runs: dict, chosen: list[str], what: str = "shown side by side") -> None:
+    """A warning when the chosen runs differ in dataset, model, width or task (their numbers are
+    not on one scale)."""
+    from .compare import comparable
+
+    if len(chosen) > 1:
+        _, left_out = comparable({n: runs[n] for n in chosen}, chosen[0])
+        if left_out:
+            st.warning(f"Not comparable with {chosen[0]} but {what}: "
+                       + "; ".join(f"{n} ({why})" for n, why in left_out.items()) + ".")
 
 
 # -- what SAL a run holds -------------------------------------------------------------------
@@ -271,16 +294,47 @@ def show_flash() -> None:
         st.success(message)
 
 
-def progress_callback(text: str):
-    """A progress(done, total) callback drawing a Streamlit progress bar, which appears only if
-    something is computed (a cached result shows no bar) and disappears when it completes."""
-    slot = st.empty()
+def count_words(n: float) -> str:
+    """A count for a sentence: 28,224 -> "28 thousand", 3.1e6 -> "3.1 million" (never "0.0 M")."""
+    n = float(n)
+    for size, word in ((1e9, "billion"), (1e6, "million"), (1e3, "thousand")):
+        if n >= size:
+            return f"{n / size:.3g} {word}"
+    return f"{n:,.0f}"
+
+
+def duration_words(seconds: float) -> str:
+    """"45 s", "3 min 20 s", "1 h 5 min"."""
+    s = max(int(round(seconds)), 0)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60} min"
+
+
+def progress_callback(text: str, slot=None):
+    """A progress(done, total) callback drawing a Streamlit progress bar with the time left,
+    estimated from the measured time per point since the first report (what is already cached
+    costs nothing, so the clock starts at the first computed point). The bar appears only if
+    something is computed and disappears when it completes."""
+    import time
+
+    slot = slot if slot is not None else st.empty()
+    start: list = []  # (time, done) of the first report
 
     def progress(done: int, total: int) -> None:
         if done >= total:
             slot.empty()
-        else:
-            slot.progress(min(done / max(total, 1), 1.0), text=f"{text}: {done}/{total} points")
+            return
+        now = time.perf_counter()
+        if not start:
+            start.append((now, done))
+        t0, d0 = start[0]
+        left = ""
+        if done > d0:
+            left = f", about {duration_words((now - t0) / (done - d0) * (total - done))} left"
+        slot.progress(min(done / max(total, 1), 1.0), text=f"{text}: {done}/{total} points{left}")
     return progress
 
 
@@ -292,27 +346,79 @@ def landscapes_on_request(requests: dict, key: str) -> dict:
     from .landscape import landscape_cost, run_landscape
     from .store import open_run
 
-    done, missing = {}, []
+    done, missing, partial = {}, [], {}
     for label, (path, kind, kwargs) in requests.items():
         land = guard(run_landscape, path, kind, compute=False, **kwargs)
         if land is not None and land.settings.get("complete", 1.0) >= 1.0:
             done[label] = land
         else:
             missing.append(label)
+            partial[label] = land.settings.get("complete", 0.0) if land is not None else 0.0
     if not missing:
         return done
     path, kind, kwargs = requests[missing[0]]
     points, samples = guard(landscape_cost, open_run(path), kind, kwargs.get("resolution", 41),
                             kwargs.get("split", "test"), kwargs.get("subset")) or (0, 0)
+    kept = {label: partial[label] for label in missing if partial.get(label)}
     st.info(f"Not cached yet for {', '.join(missing)}: {points:,} points × {samples:,} samples = "
-            f"{points * samples / 1e6:.1f} M image forward passes each. Fewer points or samples make it faster; "
-            "computed points are kept, so a cancelled landscape resumes where it stopped.")
+            f"{count_words(points * samples)} image forward passes each. Fewer points or samples make it faster; "
+            "computed points are kept, so a cancelled landscape resumes where it stopped."
+            + ("".join(f" Kept from before for {label}: {round(f * points):,} of {points:,} points ({f:.0%})."
+                       for label, f in kept.items())))
     go, stop = st.columns([1, 1])
     if go.button(f"Compute {len(missing)} landscape{'s' if len(missing) > 1 else ''}", type="primary", key=key):
-        stop.button("Cancel", key=f"{key}-cancel")
+        stop.button("Cancel", key=f"{key}-cancel", help="Stops at once; the points computed so far are kept.")
         for label in missing:
             path, kind, kwargs = requests[label]
-            land = guard(run_landscape, path, kind, progress=progress_callback(f"computing {label}"), **kwargs)
+            # feedback at once: loading the data and drawing the directions take a while before the
+            # first point, and the progress bar replaces this status when points come in
+            with st.status(f"Preparing {label}: loading its data and weights, drawing directions ...") as status:
+                land = guard(run_landscape, path, kind, progress=progress_callback(f"computing {label}"), **kwargs)
+                status.update(label=f"{label}: done" if land is not None else f"{label}: stopped", state="complete")
             if land is not None:
                 done[label] = land
     return done
+
+
+# -- figures with their exports -------------------------------------------------------------------
+
+_MIME = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf", "csv": "text/csv"}
+
+
+def _slug(name: str) -> str:
+    import re
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "figure"
+
+
+def export_files(fig, data=None) -> dict[str, object]:
+    """Format -> a zero-argument function returning that file's content (bytes or text): png,
+    svg and pdf rendered by plotly.js (:func:`ulviz.plots.figure_image`), csv the data behind the
+    figure (`data` when given, else every trace's points, :func:`ulviz.plots.figure_data`). The
+    images only where static export can run here."""
+    table = data if data is not None else plots.figure_data(fig)
+    files: dict[str, object] = {}
+    if plots.export_problem() is None:
+        for fmt in plots.EXPORT_FORMATS:
+            files[fmt] = lambda fmt=fmt: plots.figure_image(fig, fmt)
+    files["csv"] = lambda: table.to_csv(index=False)
+    return files
+
+
+def chart(fig, name: str, data=None, caption: str | None = None) -> None:
+    """A plotly figure, full width, with download buttons under it: PNG, SVG and PDF (vector, for a
+    paper) and the data behind it as CSV. Each file is made only when its button is clicked, and
+    the click does not rerun the page. `name`: the files' name, unique on the page (it keys the
+    buttons); `data`: the table behind the figure (default: the points of its traces)."""
+    st.plotly_chart(fig, width="stretch")
+    files = export_files(fig, data)
+    slug = _slug(name)
+    with st.container(horizontal=True, horizontal_alignment="right", gap="small"):
+        for fmt, make in files.items():
+            st.download_button(fmt.upper(), make, file_name=f"{slug}.{fmt}", mime=_MIME[fmt], key=f"export-{slug}-{fmt}",
+                               on_click="ignore", type="tertiary", icon=":material/download:",
+                               help=("the data behind the figure" if fmt == "csv" else f"the figure as {fmt.upper()}"))
+    problem = plots.export_problem()
+    if problem:
+        st.caption(f"Only the CSV can be downloaded here: {problem}.")
+    if caption:
+        st.caption(caption)
