@@ -41,8 +41,8 @@ if with_sal:
         chosen = select_layers(spec, p, c)
     except UlvizError:  # a bad SPEC is reported by Operate, in one box; the chart just marks nothing
         chosen = []
-    st.plotly_chart(plots.surgery_layers({n: mean_sal(r) for n, r in with_sal.items()}, p.layer_names, chosen,
-                                         ui.colours()), width="stretch")
+    ui.chart(plots.surgery_layers({n: mean_sal(r) for n, r in with_sal.items()}, p.layer_names, chosen, ui.colours()),
+             "surgery-mean-sal")
     st.caption("Mean SAL of each layer over the epochs with SAL: sal-top:k picks the k highest bars of the "
                "protected run, sal-bottom:k the lowest, sal-diff:k the layers whose bars differ most between "
                "the two runs. The layers the current SPEC picks are marked ▶.")
