@@ -34,6 +34,8 @@ ui.show_flash()
 all_paths = find_runs(data_dir)
 paths = ui.visible_paths(data_dir)  # what every page shows: hidden runs left out
 st.subheader(f"Runs in {data_dir}")
+if all_paths:  # the count also tells a user (and the browser test) that a finished job's run arrived
+    st.caption(f"{len(all_paths)} run file(s)")
 if not all_paths:
     st.info(f"No run files (*.h5) in {data_dir}. Create one with "
             "`ulviz train --dataset digits --model lenet5 --epochs 30 --out data/runs/clean.h5`, "

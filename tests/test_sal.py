@@ -247,8 +247,9 @@ def test_batched_search_splits_layers_into_groups_that_fit_the_memory_budget():
     assert tight == [[n] for n in names]  # nothing fits: one layer a group, never zero
     whole = layer_sal(model, (x, y), iters=2, batch_size=32, batched=True, device="cpu")
     split = layer_sal(model, (x, y), iters=2, batch_size=32, batched=True, memory_bytes=1, device="cpu")
-    for k in whole:
-        assert whole[k] == split[k]
+    for k in whole:  # the same search; grouped copies only sum in another order (float64 rounding)
+        for field in ("sal", "s_max", "s_min", "acc_drop", "acc_rise", "loss0", "acc0"):
+            assert getattr(whole[k], field) == pytest.approx(getattr(split[k], field), rel=1e-12, abs=1e-14)
 
 
 def _peak_growth(**spec) -> dict:
