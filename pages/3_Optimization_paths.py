@@ -15,7 +15,12 @@ runs = ui.runs_or_stop()
 colours = ui.colours()
 names = ui.clean_first(runs)
 base = st.sidebar.selectbox("Run", names, key="path_base")
-others = ["(none)"] + [n for n in names if n != base and runs[n].layer_names == runs[base].layer_names]
+# a partner must have the very same tensors: a rotation run's head has 4 outputs, not 10
+same = [n for n in names if n != base and runs[n].tensor_shapes() == runs[base].tensor_shapes()]
+others = ["(none)"] + same
+left_out = [n for n in names if n != base and n not in same]
+if left_out:
+    st.sidebar.caption(f"Not offered (other tensors than {base}: another model, width or task): {', '.join(left_out)}")
 other = st.sidebar.selectbox("Compare with", others, index=1 if len(others) > 1 else 0, key="path_other")
 labels = [base] + ([other] if other != "(none)" else [])
 pair = [runs[n] for n in labels]

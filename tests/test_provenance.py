@@ -113,7 +113,9 @@ def test_post_hoc_sal_in_a_fresh_process_with_other_threads_equals_training_sal(
     after = open_run(copy)
     assert after.sal_settings["seed"] == 7 and after.sal["sal"].shape == during.shape
     # exact: the images are the stored ones, and on this exact search the thread count did not change a bit
-    np.testing.assert_array_equal(after.sal["sal"], during)
+    # the same images (digest-checked) give the same SAL up to float32 reductions, which split
+    # differently over 1 and 2 threads (seen: 2.4e-7 apart; another image set moves it by far more)
+    np.testing.assert_allclose(after.sal["sal"], during, rtol=1e-4, atol=1e-6)
 
 
 def test_a_digest_mismatch_is_refused_in_one_line(em_run, monkeypatch):
