@@ -218,15 +218,16 @@ if go:
 @st.fragment(run_every=2.0)  # follows running jobs by rereading their run files; the jobs only write
 def show_jobs():
     all_jobs = jobs.poll()
-    if not all_jobs:
-        return
     # a job that ended since the last look: rerun the whole page, so the runs table, the chart and
-    # the UD table above (outside this fragment) show its run without a reload
+    # the UD table above (outside this fragment) show its run without a reload. Noted also when
+    # there are no jobs yet: a short job may start and end between two looks
     ended = {j.id for j in all_jobs if j.state != "queued" and not (j.state == "started" and j.alive())}
     seen = st.session_state.get("_ended_jobs")
     st.session_state["_ended_jobs"] = ended
     if seen is not None and ended - seen:
         st.rerun(scope="app")
+    if not all_jobs:
+        return
     head, clear = st.columns([6, 1])
     head.subheader("Jobs")
     if clear.button("Clear finished jobs", help="Forget the jobs that are not queued or running "
