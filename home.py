@@ -87,7 +87,8 @@ else:
         ud_acc = pd.DataFrame([accuracy_columns(ui.load_run(s.path).metrics) for s in study.sources],
                               index=study.table.index)
         st.dataframe(pd.concat([study.table.drop(columns="final_test_acc"), ud_acc], axis=1), width="stretch",
-                     hide_index=True, column_config=three)
+                     hide_index=True, column_config={**three, **{c: st.column_config.NumberColumn(format="%.3f")
+                                                                  for c in ("UD", "count")}})
         ui.show_warnings(study.skipped + study.result.warnings)
 
 # -- manage runs -----------------------------------------------------------------------------
