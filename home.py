@@ -7,7 +7,8 @@ import pandas as pd
 import streamlit as st
 
 from ulviz import plots, ui
-from ulviz.compare import accuracy_columns, comparable
+from ulviz.accuracy import accuracy_columns
+from ulviz.compare import comparable
 from ulviz.data import list_datasets
 from ulviz.errors import UlvizError
 from ulviz.jobs import BUILT_IN_DATASETS, JobManager, add_run_file, launch_config, read_run_source

@@ -42,3 +42,10 @@ def accuracy_summary(metrics: pd.DataFrame, k: int = LAST_K, column: str = "test
         nan = math.nan
         return AccuracySummary(nan, nan, nan, k, 0)
     return AccuracySummary(float(values[-1]), float(values[-k:].mean()), float(values.max()), k, len(values))
+
+
+def accuracy_columns(metrics: pd.DataFrame, k: int = LAST_K, column: str = "test_acc") -> dict[str, float]:
+    """``acc_final``, ``acc_last`` (mean of the last `k` trained epochs) and ``acc_peak`` of a
+    run's `column`, as table columns (:func:`accuracy_summary`)."""
+    s = accuracy_summary(metrics, k, column)
+    return {"acc_final": s.final, "acc_last": s.last_k, "acc_peak": s.peak}

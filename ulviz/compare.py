@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .accuracy import LAST_K, accuracy_summary
 from .errors import UlvizError
 from .ud import SUMMARY_METRICS, mean_interval, seed_table
 
@@ -38,13 +37,6 @@ def flat_config(config) -> dict[str, object]:
             out[prefix] = "-" if value is None else value
     walk("", json.loads(config.to_json()))
     return out
-
-
-def accuracy_columns(metrics: pd.DataFrame, k: int = LAST_K, column: str = "test_acc") -> dict[str, float]:
-    """``acc_final``, ``acc_last`` (mean of the last `k` trained epochs) and ``acc_peak`` of a
-    run's `column`, epoch 0 never counted (:func:`ulviz.accuracy.accuracy_summary`)."""
-    s = accuracy_summary(metrics, k, column)
-    return {"acc_final": s.final, "acc_last": s.last_k, "acc_peak": s.peak}
 
 
 def runs_frame(runs: dict) -> pd.DataFrame:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .accuracy import LAST_K, accuracy_summary
+from .accuracy import LAST_K, accuracy_columns, accuracy_summary
 from .errors import UlvizError, UnknownNameError
 
 if TYPE_CHECKING:  # pandas is imported where a table is built
@@ -425,21 +425,17 @@ def seed_table(paths, variants: dict | None = None, k: int = LAST_K) -> "pd.Data
         if twin is not None:
             result = group_ud({"twin": twin, "run": r})[1]
             ud = result.ud.get("run", np.nan) if result is not None else np.nan
-        acc = _accuracies(r.metrics, k)
-        base = _accuracies(twin.metrics, k) if twin is not None else dict.fromkeys(ACCURACIES, np.nan)
+        acc = accuracy_columns(r.metrics, k)
+        base = accuracy_columns(twin.metrics, k) if twin is not None else {}
         variant = (variants or {}).get(Path(r.path)) or names[_variant_key(r.config)]
         rows.append({"run": r.name, "variant": variant, "method": r.config.poison.method,
                      "dataset": r.config.data.name, "model": r.config.model.name, "seed": r.config.train.seed,
-                     **{f"acc_{a}": acc[a] for a in ACCURACIES},
-                     **{f"ratio_{a}": acc[a] / base[a] if base[a] else np.nan for a in ACCURACIES},
+                     **acc,
+                     **{f"ratio_{a}": acc[f"acc_{a}"] / base[f"acc_{a}"] if base.get(f"acc_{a}") else np.nan
+                        for a in ACCURACIES},
                      "UD": ud, "reference": twin.name if twin is not None else "", "path": str(r.path)})
     return pd.DataFrame(rows, columns=["run", "variant", "method", "dataset", "model", "seed", *SUMMARY_METRICS,
                                        "reference", "path"])
-
-
-def _accuracies(metrics, k: int) -> dict[str, float]:
-    s = accuracy_summary(metrics, k)
-    return {"final": s.final, "last": s.last_k, "peak": s.peak}
 
 
 def mean_interval(values, level: float = 0.95) -> tuple[float, float, float]:
