@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -177,18 +176,6 @@ def _train_one(config, path, args):
     return path, took
 
 
-def _revision() -> tuple[str, bool]:
-    if os.environ.get("ULVIZ_REVISION"):  # a copy of the tree without .git (a GPU machine): named by the caller
-        return os.environ["ULVIZ_REVISION"], False
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip() != ""
-        return rev.stdout.strip(), dirty
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown", True
-
-
 def _report(args, seeds, paths, gen_s, planned: int) -> str:
     import torch
 
@@ -200,12 +187,14 @@ def _report(args, seeds, paths, gen_s, planned: int) -> str:
     ref = REFERENCE.get("clean")
     text["published"] = [f"{REFERENCE[v] / ref:.3f} ({REFERENCE[v]:.1f}%)" if args.dataset == "cifar10" and v in REFERENCE
                          else "" for v in text["variant"]]
-    rev, dirty = _revision()
+    from ulviz.provenance import code_revision
+    rev, dirty = code_revision()
+    rev = rev or "unknown"
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") and torch.cuda.is_available() else args.device
     cfg = __import__("ulviz").open_run(paths[0]).config
     head = (f"# Poison effect: {cfg.model.name} (width {cfg.model.width}) on {cfg.data.name}, {cfg.train.epochs} "
             f"epochs, recipe {cfg.train.recipe}, budget {args.budget}, seeds {seeds}\n\n"
-            f"- command: `python {' '.join(sys.argv)}`\n- code revision: {rev[:12]}{' (dirty tree)' if dirty else ''}\n"
+            f"- command: `python {' '.join(sys.argv)}`\n- code revision: {rev[:12]}{' (dirty tree)' if dirty else '' if dirty is False else ' (tree state unknown)'}\n"
             f"- date: {date.today().isoformat()}; device: {device}; torch {torch.__version__}; "
             f"workers {args.workers}; {len(paths)} of {planned} planned runs finished\n"
             f"- protections generated once (poison seed 0); each seed's run is compared with the clean run of the "

@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import os
-import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -175,11 +173,8 @@ def write_results(path, table: str, args) -> None:
     """The table with what produced it: command, code revision, device, seeds, date."""
     import datetime
     import platform
-    rev = os.environ.get("ULVIZ_REVISION", "")  # a copy of the tree without .git names it here
-    try:
-        rev = rev or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        rev = "unknown"
+    from ulviz.provenance import code_revision
+    rev = (code_revision()[0] or "unknown")[:12]
     dev = torch.cuda.get_device_name() if args.device.startswith("cuda") and torch.cuda.is_available() else platform.processor()
     with open(path, "w") as f:
         f.write(f"# SAL speed on {args.device} ({dev})\n\n"

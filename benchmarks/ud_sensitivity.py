@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
-import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -32,7 +30,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = dict(subset=512, eps=0.05)
 SUBSETS = (128, 512, 1024, None)  # None = every image the run trained on
 RADII = (0.025, 0.05, 0.1)
@@ -126,8 +123,8 @@ def _report(args, epochs, sal, seconds) -> str:
     cols["median rule"] = ud(ref, rule="percentile", q=50)
     cols["75th pct rule"] = ud(ref, rule="percentile", q=75)
     table = pd.DataFrame(cols)
-    rev = os.environ.get("ULVIZ_REVISION") or subprocess.run(
-        ["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    from ulviz.provenance import code_revision
+    rev = (code_revision()[0] or "unknown")[:12]
     first = runs[clean].config
     return (f"# UD sensitivity: {first.model.name} (width {first.model.width}) on {first.data.name}, seed "
             f"{first.train.seed}\n\n- command: `python {' '.join(sys.argv)}`\n- code revision: {rev}; date: "

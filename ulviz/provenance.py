@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import platform
 import subprocess
 import sys
@@ -49,7 +50,7 @@ def data_digest(x: torch.Tensor, y: torch.Tensor) -> str:
 
 def code_revision() -> tuple[str | None, bool | None]:
     """(commit, dirty) of the git checkout ulviz is imported from, or (None, None) when it is not
-    one (an installed package) or git is missing. A checkout that merely *contains* an installed
+    one (an installed package) or git is missing (then $ULVIZ_REVISION, when set, names the commit). A checkout that merely *contains* an installed
     ulviz (a venv inside another project's repository) is not taken for ulviz's own."""
     def git(*args: str) -> str | None:
         try:
@@ -61,7 +62,8 @@ def code_revision() -> tuple[str | None, bool | None]:
 
     top = git("rev-parse", "--show-toplevel")
     if top is None or Path(top).resolve() != _PACKAGE_ROOT:
-        return None, None
+        # a copy of the tree without .git (the GPU machine) may be named by whoever copied it
+        return os.environ.get("ULVIZ_REVISION") or None, None
     commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no")
     return commit, (None if status is None else bool(status))
