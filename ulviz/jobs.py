@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -22,17 +21,7 @@ from pathlib import Path
 
 from .config import RunConfig
 from .errors import UlvizError
-
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def safe_name(name: str, max_len: int = 64) -> str:
-    """A file-name-safe version of a user's run name: letters, digits, '.', '_', '-' only, no
-    leading dot, at most `max_len` characters; refuses a name with nothing usable left."""
-    clean = _SAFE.sub("-", name.strip()).strip(".-")[:max_len]
-    if not clean:
-        raise UlvizError(f"run name {name!r} has no usable characters (use letters, digits, '.', '_', '-')")
-    return clean
+from .processes import safe_name, worker_env
 
 
 def inside(directory: str | Path, path: str | Path) -> Path:
@@ -159,13 +148,6 @@ class Job:
             return ""
         # progress bars rewrite one line with carriage returns: keep what was last drawn
         return "\n".join(line.split("\r")[-1] for line in text.splitlines()[-lines:])
-
-
-def worker_env() -> dict[str, str]:
-    """The environment of a worker process (a job, a sweep's run): ours, with the package this
-    process runs from importable even where it is not installed."""
-    package_root = str(Path(__file__).resolve().parents[1])
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
 
 
 class JobManager:

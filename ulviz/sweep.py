@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 from .config import RunConfig
 from .errors import UlvizError
-from .jobs import safe_name, worker_env
+from .processes import safe_name, worker_env
 
 PLAN = "sweep-plan.json"
 STATES = ("pending", "running", "interrupted", "complete", "failed")
