@@ -140,7 +140,7 @@ def test_cache_hit_on_second_call(ds, monkeypatch, tmp_path):
     calls = []
     real = P.method_info("lsp")
     from dataclasses import replace
-    monkeypatch.setitem(P._METHODS, "lsp", replace(real, fn=lambda *a: calls.append(1) or real.fn(*a)))
+    monkeypatch.setitem(P.registry._METHODS, "lsp", replace(real, fn=lambda *a: calls.append(1) or real.fn(*a)))
     a = make_poison("lsp", ds)
     b = make_poison("lsp", ds)
     assert len(calls) == 1 and torch.equal(a.x_train, b.x_train) and "cached" in b.info

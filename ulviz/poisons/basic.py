@@ -14,7 +14,7 @@ import torch
 
 from ..data import open_npz
 from ..errors import UlvizError
-from . import Poison, register
+from .registry import Poison, register
 
 
 @register("clean", summary="no protection: the training set as it is")

@@ -23,7 +23,7 @@ from ..errors import UlvizError
 from ..models import create_model
 from ..recipes import NATURAL_IMAGE_SETS, augment_batch
 from ..steps import evaluate, train_step
-from . import Poison, register
+from .registry import Poison, register
 
 _SURROGATE = {"surrogate": "cnn", "surrogate_width": None, "surrogate_lr": 0.1}
 _SURROGATE_KINDS = {"surrogate_width": int}

@@ -8,7 +8,7 @@ import torch
 from torch.nn import functional as F
 
 from ..errors import UlvizError
-from . import Poison, register
+from .registry import Poison, register
 
 
 @register("lsp", defaults={"eps": 6 / 255, "patch": None, "class_sep": 10.0}, budget="l2", budget_param="l2",
