@@ -10,8 +10,7 @@ The public API (everything else is internal)::
     from ulviz import layer_sharpness, compute_run_sharpness, layer_surgery  # the per-layer atlas; layer surgery
     from ulviz import verify_run                     # does a run file reproduce here (inputs, first epochs)
 """
-__version__ = "0.1.0"
-
+from .provenance import __version__
 from .config import DataConfig, ModelConfig, PoisonConfig, RunConfig, SALConfig, TrainConfig
 from .data import Dataset, list_datasets, load_dataset
 from .devices import select_device

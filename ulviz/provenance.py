@@ -24,6 +24,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
+__version__ = "0.1.0"  # ulviz's own version (re-exported as ulviz.__version__; pyproject.toml says the same)
+
 # the thread count an optimized protection (em, rem, tap) is generated with: on the CPU the
 # weight gradients of conv and linear layers (reductions over the batch) are split across threads,
 # so their rounding, and after a few rounds the whole perturbation, depends on the thread count
@@ -102,7 +104,6 @@ def code_digest() -> str:
 
 def environment(device: torch.device | str = "cpu") -> dict:
     """The environment a run is made in, as a flat JSON-able dict (see the module docstring)."""
-    from . import __version__  # the package's own version; ulviz/__init__ imports nothing of ours first
     commit, dirty = code_revision()
     return {
         "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,

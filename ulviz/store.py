@@ -54,7 +54,7 @@ import torch
 
 from .config import RunConfig
 from .errors import RunFileError, UlvizError
-from .provenance import tensor_digest
+from .provenance import __version__, tensor_digest
 
 SCHEMA = "ulviz.run"
 SCHEMA_VERSION = 1
@@ -62,11 +62,6 @@ METRICS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "s
 SAL_PARTS = ("sal", "s_max", "s_min", "acc_drop", "acc_rise")
 STATUSES = ("running", "complete", "failed", "cancelled", "diverged", "interrupted")
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-
-
-def _version() -> str:
-    from . import __version__
-    return __version__
 
 
 # -- opening ---------------------------------------------------------------------------------
@@ -235,7 +230,7 @@ def _fixed(text: str) -> np.bytes_:
 
 def _init_layout(f: h5py.File, config: RunConfig, state, param_names, layer_names) -> None:
     f.attrs.update({
-        "schema": _fixed(SCHEMA), "schema_version": SCHEMA_VERSION, "ulviz_version": _fixed(_version()),
+        "schema": _fixed(SCHEMA), "schema_version": SCHEMA_VERSION, "ulviz_version": _fixed(__version__),
         "created": _fixed(datetime.now(timezone.utc).isoformat(timespec="seconds")),
         "config": _fixed(config.to_json()), "writer_pid": os.getpid(), "writer_host": _fixed(socket.gethostname()),
     })
@@ -918,7 +913,7 @@ def write_tables(path: str | Path, kind: str, tables: dict[str, pd.DataFrame], n
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with h5py.File(tmp, "w") as f:
-        f.attrs.update(schema=TABLES_SCHEMA, kind=kind, note=note, ulviz_version=_version(),
+        f.attrs.update(schema=TABLES_SCHEMA, kind=kind, note=note, ulviz_version=__version__,
                        created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         for name, df in tables.items():
             g = f.create_group(name)
