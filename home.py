@@ -7,10 +7,10 @@ import pandas as pd
 import streamlit as st
 
 from ulviz import plots, ui
-from ulviz.accuracy import accuracy_columns
+from ulviz.core.accuracy import accuracy_columns
 from ulviz.compare import comparable
 from ulviz.data import list_datasets
-from ulviz.errors import UlvizError
+from ulviz.core.errors import UlvizError
 from ulviz.jobs import BUILT_IN_DATASETS, JobManager, add_run_file, launch_config, read_run_source
 from ulviz.sweep import status_line, sweep_progress
 from ulviz.models import list_models

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from ulviz.config import SALConfig
+from ulviz.core.config import SALConfig
 from ulviz.crosstask import run_grid
 from ulviz.defense_study import NONE, defense_study, save_study, study_configs, study_text
 from ulviz.defenses import parse_defense

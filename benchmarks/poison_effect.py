@@ -187,7 +187,7 @@ def _report(args, seeds, paths, gen_s, planned: int) -> str:
     ref = REFERENCE.get("clean")
     text["published"] = [f"{REFERENCE[v] / ref:.3f} ({REFERENCE[v]:.1f}%)" if args.dataset == "cifar10" and v in REFERENCE
                          else "" for v in text["variant"]]
-    from ulviz.provenance import code_revision
+    from ulviz.core.provenance import code_revision
     rev, dirty = code_revision()
     rev = rev or "unknown"
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") and torch.cuda.is_available() else args.device

@@ -173,7 +173,7 @@ def write_results(path, table: str, args) -> None:
     """The table with what produced it: command, code revision, device, seeds, date."""
     import datetime
     import platform
-    from ulviz.provenance import code_revision
+    from ulviz.core.provenance import code_revision
     rev = (code_revision()[0] or "unknown")[:12]
     dev = torch.cuda.get_device_name() if args.device.startswith("cuda") and torch.cuda.is_available() else platform.processor()
     with open(path, "w") as f:

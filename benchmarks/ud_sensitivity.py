@@ -123,7 +123,7 @@ def _report(args, epochs, sal, seconds) -> str:
     cols["median rule"] = ud(ref, rule="percentile", q=50)
     cols["75th pct rule"] = ud(ref, rule="percentile", q=75)
     table = pd.DataFrame(cols)
-    from ulviz.provenance import code_revision
+    from ulviz.core.provenance import code_revision
     rev = (code_revision()[0] or "unknown")[:12]
     first = runs[clean].config
     return (f"# UD sensitivity: {first.model.name} (width {first.model.width}) on {first.data.name}, seed "

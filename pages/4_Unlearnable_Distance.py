@@ -4,7 +4,7 @@ import streamlit as st
 import pandas as pd
 
 from ulviz import plots, ui
-from ulviz.accuracy import accuracy_columns
+from ulviz.core.accuracy import accuracy_columns
 from ulviz.sal import describe_sal
 from ulviz.ud import seed_summary, seed_table, study_ud, summary_text
 

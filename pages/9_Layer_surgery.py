@@ -3,7 +3,7 @@ import pandas as pd
 import streamlit as st
 
 from ulviz import plots, ui
-from ulviz.errors import UlvizError
+from ulviz.core.errors import UlvizError
 from ulviz.surgery import OPS, SurgeryConfig, block_transplants, layer_surgery, mean_sal, select_layers
 
 ui.page("Layer surgery",

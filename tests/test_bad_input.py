@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from conftest import tiny_config
 from ulviz import train
 from ulviz.cli import main
-from ulviz.config import RunConfig, SALConfig, TrainConfig, check_numbers
+from ulviz.core.config import RunConfig, SALConfig, TrainConfig, check_numbers
 
 INT, FLOAT = "int", "float"
 # (command, option, kind, lowest valid value, whether the lowest is allowed, highest valid or None)
@@ -110,7 +110,7 @@ def test_sweep_file_with_negative_epochs_is_refused(tmp_path, capsys):
 
 
 def test_the_form_refuses_out_of_range_numbers():
-    from ulviz.errors import UlvizError
+    from ulviz.core.errors import UlvizError
     from ulviz.jobs import launch_config
     with pytest.raises(UlvizError, match="train.epochs"):
         launch_config("x", "digits", "lenet5", "clean", epochs=0)

@@ -9,7 +9,7 @@ from scipy import stats
 from conftest import tiny_config
 from ulviz.compare import (comparable, curve_band, filter_runs, flat_config, group_summary, main_axes,
                            varying_fields)
-from ulviz.errors import UlvizError
+from ulviz.core.errors import UlvizError
 
 
 def _frame():

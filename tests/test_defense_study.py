@@ -7,10 +7,10 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT, tiny_config
 from ulviz import SALConfig, open_run, train
-from ulviz.config import PoisonConfig
+from ulviz.core.config import PoisonConfig
 from ulviz.defense_study import (NONE, defense_label, defense_study, load_study, save_study, study_configs,
                                  study_text)
-from ulviz.errors import RunFileError
+from ulviz.core.errors import RunFileError
 from ulviz.ud import unlearnable_distance
 
 CUTOUT = [{"name": "cutout", "params": {"size": 2}}]

@@ -7,7 +7,7 @@ import torch
 
 from ulviz.defenses import (adversarial_training, cutmix, cutout, defend_batch, defend_data, grayscale, iss, jpeg,
                             list_defenses, mixup, parse_defense, pgd_attack, ueraser)
-from ulviz.errors import UlvizError
+from ulviz.core.errors import UlvizError
 
 
 def test_registry_and_specs():

@@ -8,7 +8,7 @@ from conftest import ROOT
 from ulviz import open_run
 from ulviz.cli import main
 from ulviz.demo import demo_configs, demo_study, list_studies, run_stem
-from ulviz.errors import UlvizError
+from ulviz.core.errors import UlvizError
 from ulviz.landscape import cached_landscapes
 from ulviz.store import list_landscapes
 
@@ -89,7 +89,7 @@ def test_post_hoc_sal_of_the_bundled_em_class_run_equals_its_stored_row():
     from ulviz.data import load_dataset
     from ulviz.models import build_model, weight_layer_names
     from ulviz.sal import layer_sal, sal_arrays, sal_data, sal_kwargs
-    from ulviz.config import SALConfig
+    from ulviz.core.config import SALConfig
     from ulviz.trainset import run_training_data
     path = ROOT / "data" / "demo" / "em-class.h5"
     if not path.exists():

@@ -12,7 +12,7 @@ import torch
 from conftest import tiny_config
 from ulviz import open_run, train
 from ulviz.demo import DEMO_DIR
-from ulviz.errors import UlvizError
+from ulviz.core.errors import UlvizError
 from ulviz.jobs import Job, JobManager, launch_config, read_run_source
 from ulviz.store import RunWriter, run_labels, rename_run
 

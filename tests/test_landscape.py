@@ -10,7 +10,7 @@ from torch.nn import functional as F
 from ulviz import create_model, load_dataset, train
 from ulviz import landscape as L
 from ulviz.cli import main
-from ulviz.errors import UlvizError
+from ulviz.core.errors import UlvizError
 from ulviz.store import list_landscapes, open_run
 from ulviz.trajectory import divergence, layer_path, pca_plane
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from ulviz import perturbations as P
-from ulviz.errors import UlvizError
+from ulviz.core.errors import UlvizError
 
 
 def _labels(n=300, classes=3, seed=0):

@@ -16,7 +16,7 @@ from ulviz import DataConfig, ModelConfig, PoisonConfig, RunConfig, SALConfig, T
 from ulviz.cli import main
 from ulviz.data import load_dataset
 from ulviz.poisons import make_poison
-from ulviz.provenance import data_digest, tensor_digest
+from ulviz.core.provenance import data_digest, tensor_digest
 from ulviz.sal import compute_run_sal
 from ulviz.trainset import run_training_data
 from ulviz import verify_run
@@ -221,7 +221,7 @@ def test_delta_encoding_rebuilds_the_images_bit_for_bit(tmp_path, kind):
 
 
 def test_reuse_keys_on_code_and_input_digests_never_on_the_config_alone(tmp_path, monkeypatch):
-    from ulviz import provenance
+    from ulviz.core import provenance
     from ulviz.verify import reusable_run
     config = _config(poison=PoisonConfig("ops"), sal="none", epochs=1)
     path = tmp_path / "ops.h5"

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from conftest import ROOT, tiny_config
 from ulviz import SALConfig, open_run, resume, train
 from ulviz.cli import main
-from ulviz.errors import UlvizError
+from ulviz.core.errors import UlvizError
 
 CONFIG = replace(tiny_config(epochs=5, batch_size=60), sal=SALConfig(estimator="exact", iters=2, subset=120))
 

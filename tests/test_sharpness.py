@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from conftest import tiny_config
 from ulviz import open_run, train
-from ulviz.errors import UlvizError
+from ulviz.core.errors import UlvizError
 from ulviz.sharpness import (SharpnessConfig, adaptive_sharpness, compute_run_sharpness, hutchinson_trace,
                              layer_sharpness, run_data, sal_correlations, atlas_frames, spearman, top_eigenvalue)
 from ulviz.store import read_sharpness

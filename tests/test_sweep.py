@@ -11,7 +11,7 @@ import pytest
 
 from conftest import ROOT, tiny_config
 from ulviz import open_run, train
-from ulviz.errors import UlvizError
+from ulviz.core.errors import UlvizError
 from ulviz.sweep import load_sweep, parse_sweep, run_sweep, run_state, sweep_ud, todo
 
 SWEEP = """

@@ -172,7 +172,7 @@ def _metrics(test_acc):
 
 
 def test_accuracy_never_counts_the_untrained_epoch_0():
-    from ulviz.accuracy import accuracy_summary
+    from ulviz.core.accuracy import accuracy_summary
     # the sweep's case: a 3-epoch run, epoch 0 at chance; the old "last 4 rows" mean read 0.77
     s = accuracy_summary(_metrics([0.1, 1.0, 0.96, 0.985]), k=4)
     assert s.epochs == 3 and s.final == 0.985 and s.peak == 1.0
@@ -199,7 +199,7 @@ def test_mean_interval_against_hand_computation():
 
 def test_seed_table_and_summary_three_accuracies_against_the_run_files(tmp_path, capsys):
     from ulviz import open_run
-    from ulviz.accuracy import accuracy_summary
+    from ulviz.core.accuracy import accuracy_summary
     from ulviz.ud import seed_summary, seed_table
     p = _sal_runs(tmp_path, [("clean-s0", "clean", 0), ("clean-s1", "clean", 1), ("clean-s2", "clean", 2),
                              ("noise-s0", "random", 0), ("noise-s1", "random", 1), ("noise-s2", "random", 2)])
@@ -244,7 +244,7 @@ def test_twin_pairing_with_two_clean_runs_of_other_widths_in_one_directory(tmp_p
     of width 32 comes first and shares its task, dataset, model name and layer names."""
     from dataclasses import replace
     from ulviz import ModelConfig, open_run
-    from ulviz.accuracy import accuracy_summary
+    from ulviz.core.accuracy import accuracy_summary
     from ulviz.crosstask import crosstask_table
     from ulviz.defense_study import defense_study
     from ulviz.ud import seed_table

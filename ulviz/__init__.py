@@ -10,11 +10,11 @@ The public API (everything else is internal)::
     from ulviz import layer_sharpness, compute_run_sharpness, layer_surgery  # the per-layer atlas; layer surgery
     from ulviz import verify_run                     # does a run file reproduce here (inputs, first epochs)
 """
-from .provenance import __version__
-from .config import DataConfig, ModelConfig, PoisonConfig, RunConfig, SALConfig, TrainConfig
+from .core.provenance import __version__
+from .core.config import DataConfig, ModelConfig, PoisonConfig, RunConfig, SALConfig, TrainConfig
 from .data import Dataset, list_datasets, load_dataset
-from .devices import select_device
-from .errors import DataError, DivergedError, RunFileError, UlvizError, UnknownNameError
+from .core.devices import select_device
+from .core.errors import DataError, DivergedError, RunFileError, UlvizError, UnknownNameError
 from .models import create_model, list_models, weight_layer_names
 from .poisons import list_methods, make_poison
 from .store import Run, find_runs, open_run

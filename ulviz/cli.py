@@ -9,12 +9,13 @@ import sys
 import time
 from pathlib import Path
 
-from .config import DataConfig, ModelConfig, PoisonConfig, RunConfig, SALConfig, TrainConfig, check_numbers, parse_param
+from .core.config import (DataConfig, ModelConfig, PoisonConfig, RunConfig, SALConfig, TrainConfig, check_numbers,
+                          parse_param)
 from .data import list_datasets
-from .errors import UlvizError
+from .core.errors import UlvizError
 from .models import list_models
 from .poisons import list_budgets, list_methods
-from .provenance import __version__
+from .core.provenance import __version__
 from .recipes import AUGMENTATIONS, apply_recipe, default_recipe, list_recipes
 from .tasks import list_tasks
 from .defenses import list_defenses, parse_defense

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import UlvizError
+from .core.errors import UlvizError
 from .ud import SUMMARY_METRICS, mean_interval, seed_table
 
 RESULTS = SUMMARY_METRICS  # acc_final, acc_last, acc_peak, ratio_*, UD: what a group summary averages

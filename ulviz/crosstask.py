@@ -16,9 +16,9 @@ from typing import Callable, Iterable
 import numpy as np
 import pandas as pd
 
-from .accuracy import LAST_K, accuracy_summary
-from .config import PoisonConfig, RunConfig
-from .errors import UlvizError
+from .core.accuracy import LAST_K, accuracy_summary
+from .core.config import PoisonConfig, RunConfig
+from .core.errors import UlvizError
 
 
 def grid_configs(base: RunConfig, methods: dict[str, PoisonConfig], tasks: Iterable[str]) -> dict[str, RunConfig]:

@@ -14,8 +14,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .config import DataConfig
-from .errors import DataError, UnknownNameError
+from .core.config import DataConfig
+from .core.errors import DataError, UnknownNameError
 
 
 @dataclass(frozen=True)

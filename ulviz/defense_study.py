@@ -17,8 +17,8 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from .config import PoisonConfig, RunConfig
-from .accuracy import LAST_K, accuracy_summary
+from .core.config import PoisonConfig, RunConfig
+from .core.accuracy import LAST_K, accuracy_summary
 from .defenses import get_defense
 
 NONE = "none"  # the label of training without any defense
@@ -80,7 +80,7 @@ def defense_study(paths: Iterable[str | Path]) -> DefenseStudy:
     Each run's ratio and UD are against its clean twin (:func:`ulviz.ud.clean_twin_key`: the
     clean run trained the same way, under the same defenses). Runs without SAL (or whose clean
     twin has none) get accuracy and ratio, no UD."""
-    from .errors import UlvizError
+    from .core.errors import UlvizError
     from .store import open_run
     from .ud import clean_member, clean_twin_key, group_ud
 

@@ -28,8 +28,8 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .config import DataConfig, ModelConfig, PoisonConfig, RunConfig, SALConfig, TrainConfig
-from .errors import UlvizError, UnknownNameError
+from .core.config import DataConfig, ModelConfig, PoisonConfig, RunConfig, SALConfig, TrainConfig
+from .core.errors import UlvizError, UnknownNameError
 from .recipes import apply_recipe
 
 DATA_ROOT = Path(__file__).resolve().parent.parent / "data"

@@ -19,8 +19,8 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .config import RunConfig
-from .errors import UlvizError
+from .core.config import RunConfig
+from .core.errors import UlvizError
 from .processes import safe_name, worker_env
 
 
@@ -87,7 +87,7 @@ def launch_config(name: str, dataset: str, model: str, method: str, *, params_te
     dataset's default) resolved with the explicit overrides (None = the recipe's value), and the
     dataset's files, for a local-file dataset, found and made absolute (a job runs in the data
     directory, where a relative path would point elsewhere)."""
-    from .config import DataConfig, ModelConfig, PoisonConfig, SALConfig, TrainConfig, parse_param
+    from .core.config import DataConfig, ModelConfig, PoisonConfig, SALConfig, TrainConfig, parse_param
     from .recipes import apply_recipe, default_recipe
     from .training import check_config
 

@@ -38,8 +38,8 @@ from torch import nn
 from torch.func import functional_call, vmap
 from torch.nn import functional as F
 
-from .devices import compute_device
-from .errors import UlvizError, UnknownNameError
+from .core.devices import compute_device
+from .core.errors import UlvizError, UnknownNameError
 from .models import model_stages
 
 NORMALIZATIONS = ("filter", "layer", "none")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .errors import UlvizError
+from .core.errors import UlvizError
 
 LOW_CUTOFF = 0.25  # "low frequency": radius up to a quarter of the Nyquist radius (a common ISS-style split)
 

@@ -10,7 +10,7 @@ import os
 import re
 from pathlib import Path
 
-from .errors import UlvizError
+from .core.errors import UlvizError
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 

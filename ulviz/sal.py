@@ -44,9 +44,9 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
-from .config import check_numbers
-from .devices import compute_device
-from .errors import UlvizError, UnknownNameError
+from .core.config import check_numbers
+from .core.devices import compute_device
+from .core.errors import UlvizError, UnknownNameError
 from .models import build_model, model_stages, weight_layer_names
 from .steps import correct_count
 

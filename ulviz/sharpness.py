@@ -38,9 +38,9 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from .config import _limits, check_numbers
-from .devices import compute_device
-from .errors import UlvizError, UnknownNameError
+from .core.config import _limits, check_numbers
+from .core.devices import compute_device
+from .core.errors import UlvizError, UnknownNameError
 from .models import build_model, weight_layer_names
 
 MEASURES = ("eig", "trace", "adaptive", "norm", "dist_init")

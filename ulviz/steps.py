@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .errors import DivergedError
+from .core.errors import DivergedError
 from .recipes import augment_batch
 
 

@@ -52,9 +52,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import RunConfig
-from .errors import RunFileError, UlvizError
-from .provenance import __version__, tensor_digest
+from .core.config import RunConfig
+from .core.errors import RunFileError, UlvizError
+from .core.provenance import __version__, tensor_digest
 
 SCHEMA = "ulviz.run"
 SCHEMA_VERSION = 1

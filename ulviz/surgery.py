@@ -28,9 +28,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .config import _limits, check_numbers
-from .devices import compute_device
-from .errors import UlvizError, UnknownNameError
+from .core.config import _limits, check_numbers
+from .core.devices import compute_device
+from .core.errors import UlvizError, UnknownNameError
 from .models import build_model, create_model
 from .recipes import augment_batch
 from .sharpness import run_data

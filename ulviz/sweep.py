@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import RunConfig
-from .errors import UlvizError
+from .core.config import RunConfig
+from .core.errors import UlvizError
 from .processes import safe_name, worker_env
 
 PLAN = "sweep-plan.json"

@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 
 from .data import Dataset
-from .errors import UlvizError, UnknownNameError
+from .core.errors import UlvizError, UnknownNameError
 
 MASK_THRESHOLD = 0.5  # a pixel of a clean image brighter than this is foreground
 

@@ -17,16 +17,16 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .config import RunConfig, check_numbers
+from .core.config import RunConfig, check_numbers
 from .data import Dataset, list_datasets, load_dataset
-from .devices import compute_device
-from .errors import DivergedError, RunFileError, UlvizError, UnknownNameError
+from .core.devices import compute_device
+from .core.errors import DivergedError, RunFileError, UlvizError, UnknownNameError
 from .models import build_model, list_models, weight_layer_names
 from .sal import sal_callback
 from .steps import evaluate, train_epoch
 from .tasks import check_task_model
 from .defenses import batch_defense, check_defenses
-from .provenance import environment, fixed_threads
+from .core.provenance import environment, fixed_threads
 from .trainset import run_training_data, training_set
 from .store import RunWriter, check_new_run_path, open_run, reopen_for_resume
 

@@ -21,9 +21,9 @@ import torch
 
 from .data import Dataset
 from .defenses import defend_data
-from .errors import UlvizError
+from .core.errors import UlvizError
 from .poisons import Poison, make_poison, method_info
-from .provenance import data_digest
+from .core.provenance import data_digest
 from .store import Run, StoredProtection
 from .tasks import task_dataset
 

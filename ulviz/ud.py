@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .accuracy import LAST_K, accuracy_columns, accuracy_summary
-from .errors import UlvizError, UnknownNameError
+from .core.accuracy import LAST_K, accuracy_columns, accuracy_summary
+from .core.errors import UlvizError, UnknownNameError
 
 if TYPE_CHECKING:  # pandas is imported where a table is built
     import pandas as pd
@@ -377,7 +377,7 @@ def clean_twin_key(config) -> str:
     never by name or layer list: two clean runs of other widths in one directory are not twins."""
     from dataclasses import replace
 
-    from .config import PoisonConfig, SALConfig
+    from .core.config import PoisonConfig, SALConfig
     return replace(config, name="", poison=PoisonConfig("clean"), sal=SALConfig(),
                    train=replace(config.train, device="")).to_json()
 

@@ -20,7 +20,7 @@ import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
 from . import plots
-from .errors import UlvizError
+from .core.errors import UlvizError
 from .sal import describe_sal
 from .store import find_runs, open_run, run_labels
 

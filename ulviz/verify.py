@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from .data import load_dataset
-from .errors import UlvizError
-from .provenance import RESULT_FIELDS, data_digest, environment
+from .core.errors import UlvizError
+from .core.provenance import RESULT_FIELDS, data_digest, environment
 from .store import open_run
 from .training import replay
 from .trainset import protected_images
@@ -86,7 +86,7 @@ def _environment(run, report: Verification) -> None:
 
 
 def _device_here() -> str:
-    from .devices import select_device
+    from .core.devices import select_device
     return str(select_device())
 
 
@@ -164,7 +164,7 @@ def reusable_run(path: str | Path, config) -> bool:
     earlier benchmark trained on images protected twice under the same config."""
     from dataclasses import replace
 
-    from .provenance import code_digest
+    from .core.provenance import code_digest
     try:
         run = open_run(path)
     except UlvizError:

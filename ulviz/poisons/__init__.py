@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import PoisonConfig
+from ..core.config import PoisonConfig
 from ..data import Dataset
-from ..provenance import GENERATION_THREADS, fixed_threads
+from ..core.provenance import GENERATION_THREADS, PACKAGE_DIR, fixed_threads
 from .registry import (BUDGETS, Context, Method, Poison, check_budget, list_budgets, list_methods, method_info,
                        protected_indices, register, resolve_params, scaled_params)
 
@@ -53,7 +53,7 @@ def make_poison(config: PoisonConfig | str, dataset: Dataset, *, cache: bool = T
 
     The method's defaults are first set to the budget convention `config.budget`; parameters
     given in `config.params` override them."""
-    from ..devices import compute_device
+    from ..core.devices import compute_device
 
     if isinstance(config, str):
         config = PoisonConfig(method=config, params=params)
@@ -125,7 +125,7 @@ _GENERATOR_MODULES = ("poisons/__init__.py", "poisons/registry.py", "poisons/opt
 def generator_code_digest() -> str:
     """sha256 (16 hex) of the source of the modules a trained method's output depends on: any edit
     there (a comment too; that only costs a regeneration) gives new cache keys."""
-    root = Path(__file__).resolve().parent.parent
+    root = PACKAGE_DIR
     h = hashlib.sha256()
     for name in _GENERATOR_MODULES:
         h.update(name.encode() + b"\0" + (root / name).read_bytes())

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..data import open_npz
-from ..errors import UlvizError
+from ..core.errors import UlvizError
 from .registry import Poison, register
 
 

@@ -19,7 +19,7 @@ import math
 import torch
 from torch.nn import functional as F
 
-from ..errors import UlvizError
+from ..core.errors import UlvizError
 from ..models import create_model
 from ..recipes import NATURAL_IMAGE_SETS, augment_batch
 from ..steps import evaluate, train_step

@@ -31,7 +31,8 @@ __version__ = "0.1.0"  # ulviz's own version (re-exported as ulviz.__version__; 
 # so their rounding, and after a few rounds the whole perturbation, depends on the thread count
 GENERATION_THREADS = 1
 
-_PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the checkout (or site-packages) holding ulviz
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # ulviz/ itself (this file is ulviz/core/provenance.py)
+_PACKAGE_ROOT = PACKAGE_DIR.parent  # the checkout (or site-packages) holding ulviz
 
 
 def tensor_digest(t: torch.Tensor) -> str:
@@ -95,10 +96,9 @@ def code_digest() -> str:
     """sha256 (16 hex) of ulviz's own Python source, every module of the package: what a run was
     made by, exact also in a dirty checkout or an installed copy (where a git revision says
     nothing). Reuse of an earlier run (ulviz.verify.reusable_run) keys on it."""
-    root = Path(__file__).resolve().parent
     h = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        h.update(path.relative_to(PACKAGE_DIR).as_posix().encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:16]
 
 
