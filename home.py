@@ -9,14 +9,14 @@ import streamlit as st
 from ulviz import plots, ui
 from ulviz.core.accuracy import accuracy_columns
 from ulviz.compare import comparable
-from ulviz.data import list_datasets
+from ulviz.data.datasets import list_datasets
 from ulviz.core.errors import UlvizError
 from ulviz.jobs import BUILT_IN_DATASETS, JobManager, add_run_file, launch_config, read_run_source
 from ulviz.sweep import status_line, sweep_progress
 from ulviz.models import list_models
 from ulviz.poisons import list_methods, method_info
-from ulviz.recipes import AUGMENTATIONS, list_recipes
-from ulviz.store import find_runs, runs_table
+from ulviz.data.recipes import AUGMENTATIONS, list_recipes
+from ulviz.store.runs import find_runs, runs_table
 from ulviz.ud import study_ud
 
 st.set_page_config(page_title="ulviz", layout="wide")

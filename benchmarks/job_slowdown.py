@@ -98,7 +98,7 @@ def wait_idle(page, timeout_ms: int = 180_000) -> None:
 
 def run_job(out: Path, epochs: int, extra: tuple[str, ...] = ()) -> dict:
     """One CLI training job into `out` (relative to the root); its epoch times and wall-clock time."""
-    from ulviz.store import open_run
+    from ulviz.store.runs import open_run
 
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "ulviz.cli", "train", *JOB, *extra, "--epochs", str(epochs), "--out", str(out)],

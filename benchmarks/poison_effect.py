@@ -94,7 +94,7 @@ def _plan(args, seeds):
     """[(config, file stem)] of every (method, seed) run."""
     from ulviz import DataConfig, ModelConfig, PoisonConfig, RunConfig, SALConfig, TrainConfig
     from ulviz.demo import CPU_POISON_SETTINGS
-    from ulviz.recipes import apply_recipe, default_recipe
+    from ulviz.data.recipes import apply_recipe, default_recipe
 
     model = args.model or ("resnet18" if args.dataset.startswith("cifar") else "lenet5")
     width = args.width if args.width is not None else (8 if model == "resnet18" and args.model is None else None)

@@ -66,7 +66,7 @@ def main() -> None:
         if method in args.data_methods.split(","):
             compute_run_sharpness(path, data_cfg, epochs=[int(e) for e in args.data_epochs.split(",")], device="cpu")
         run = open_run(path)
-        from ulviz.store import read_sharpness
+        from ulviz.store.analyses import read_sharpness
         frames = atlas_frames(read_sharpness(path), run.layer_names)
         tables.append(sal_correlations(frames, run.sal_frame()).assign(run=method))
         tops[method] = sharpest_layers(frames, run.sal_frame(), k=3)

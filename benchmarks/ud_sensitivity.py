@@ -71,7 +71,7 @@ def _star(job):
 def sal_matrix(path: str, setting: dict, epochs: list[int], device: str) -> np.ndarray:
     """(epochs x layers) exact SAL of a run file under `setting`, from the cache when there."""
     from ulviz import open_run
-    from ulviz.data import load_dataset
+    from ulviz.data.datasets import load_dataset
     from ulviz.models import build_model, weight_layer_names
     from ulviz.sal import layer_sal, sal_arrays, sal_data
     from ulviz.trainset import run_training_data

@@ -6,7 +6,7 @@ import streamlit as st
 
 from ulviz import plots, ui
 from ulviz.landscape import cached_landscapes
-from ulviz.store import landscape_cache_path
+from ulviz.store.caches import landscape_cache_path
 
 ui.page("Loss landscape",
         "The loss of the trained network around its weights: along random filter-normalized directions, "

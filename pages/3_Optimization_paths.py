@@ -3,7 +3,7 @@ import streamlit as st
 
 from ulviz import plots, ui
 from ulviz.landscape import cached_landscapes
-from ulviz.store import landscape_cache_path
+from ulviz.store.caches import landscape_cache_path
 from ulviz.trajectory import divergence, divergence_summary, layer_path, pca_plane
 
 ui.page("Optimization paths",

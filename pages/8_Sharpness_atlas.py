@@ -7,7 +7,7 @@ import streamlit as st
 from ulviz import plots, ui
 from ulviz.sharpness import (DATA_MEASURES, LABELS, SharpnessConfig, atlas_frames, compute_run_sharpness,
                              default_epochs, sal_correlations, sharpest_layers, weight_measures)
-from ulviz.store import read_sharpness
+from ulviz.store.analyses import read_sharpness
 
 ui.page("Sharpness atlas",
         "For every layer, next to its SAL: the top eigenvalue and the trace of the Hessian of the loss with respect "

@@ -57,7 +57,7 @@ def test_home_lists_runs_and_reports_bad_files(tmp_path, monkeypatch):
     (tmp_path / "broken.h5").write_bytes(b"not hdf5")
     # a summary file ulviz wrote (the Defenses page's) is not a run, nor an error to report
     import pandas as pd
-    from ulviz.store import write_tables
+    from ulviz.store.tables import write_tables
     write_tables(tmp_path / "studies" / "defenses.h5", "defense-study", {"t": pd.DataFrame({"a": [1]})})
     at = _app("app.py", tmp_path, monkeypatch).run()
     assert not at.exception

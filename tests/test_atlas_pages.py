@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 from conftest import ROOT, tiny_config
 from ulviz import SALConfig, open_run, train
 from ulviz.sharpness import SharpnessConfig, compute_run_sharpness
-from ulviz.store import read_sharpness
+from ulviz.store.analyses import read_sharpness
 
 ATLAS, SURGERY = "pages/8_Sharpness_atlas.py", "pages/9_Layer_surgery.py"
 DEMO = ROOT / "data" / "demo"

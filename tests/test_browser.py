@@ -280,7 +280,7 @@ def _cpu_seconds(pid: int) -> float:
 def _job(server, out: Path, server_load: list) -> list[float]:
     """A CLI training job into `out`; its per-epoch training seconds, less epoch 0 (no training) and
     epoch 1 (warm-up). Appends the server's CPU use meanwhile (in cores) to `server_load`."""
-    from ulviz.store import open_run
+    from ulviz.store.runs import open_run
 
     (ROOT / out).parent.mkdir(parents=True, exist_ok=True)  # `ulviz train --out` refuses a missing directory
     cpu, start = _cpu_seconds(server.proc.pid), time.perf_counter()
@@ -361,7 +361,7 @@ def test_runs_table_shows_a_finished_job_without_a_reload(server, browser):
     """A job launched from the dashboard's job manager while the home page is open: once it ends,
     the runs section (outside the jobs fragment) counts its run, with no reload of the page."""
     from ulviz.jobs import JobManager, launch_config
-    from ulviz.store import find_runs
+    from ulviz.store.runs import find_runs
 
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ulviz import DataError, UnknownNameError, load_dataset
-from ulviz.data import read_idx
+from ulviz.data.datasets import read_idx
 
 
 def _check_tensors(ds, shape, classes):

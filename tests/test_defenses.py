@@ -179,7 +179,7 @@ def test_runs_table_shows_task_and_defenses(tmp_path):
     from dataclasses import replace
     from conftest import tiny_config
     from ulviz import train
-    from ulviz.store import runs_table
+    from ulviz.store.runs import runs_table
     cfg = tiny_config(epochs=1)
     train(replace(cfg, train=replace(cfg.train, defenses=[{"name": "grayscale", "params": {}},
                                                           {"name": "cutout", "params": {"size": 2}}])), tmp_path / "a.h5")

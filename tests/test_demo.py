@@ -10,7 +10,7 @@ from ulviz.cli import main
 from ulviz.demo import demo_configs, demo_study, list_studies, run_stem
 from ulviz.core.errors import UlvizError
 from ulviz.landscape import cached_landscapes
-from ulviz.store import list_landscapes
+from ulviz.store.caches import list_landscapes
 
 
 def test_demo_pipeline_end_to_end(tmp_path, capsys):
@@ -86,7 +86,7 @@ def test_post_hoc_sal_of_the_bundled_em_class_run_equals_its_stored_row():
     """What is computed after training uses exactly the images the model trained on: the bundled
     em-class run stores its protection, so SAL recomputed now from its last snapshot equals the
     row stored when the demo was made."""
-    from ulviz.data import load_dataset
+    from ulviz.data.datasets import load_dataset
     from ulviz.models import build_model, weight_layer_names
     from ulviz.sal import layer_sal, sal_arrays, sal_data, sal_kwargs
     from ulviz.core.config import SALConfig

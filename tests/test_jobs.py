@@ -14,7 +14,7 @@ from ulviz import open_run, train
 from ulviz.demo import DEMO_DIR
 from ulviz.core.errors import UlvizError
 from ulviz.jobs import Job, JobManager, launch_config, read_run_source
-from ulviz.store import RunWriter, run_labels, rename_run
+from ulviz.store.runs import RunWriter, run_labels, rename_run
 
 
 @pytest.fixture(scope="module")

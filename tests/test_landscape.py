@@ -11,7 +11,8 @@ from ulviz import create_model, load_dataset, train
 from ulviz import landscape as L
 from ulviz.cli import main
 from ulviz.core.errors import UlvizError
-from ulviz.store import list_landscapes, open_run
+from ulviz.store.caches import list_landscapes
+from ulviz.store.runs import open_run
 from ulviz.trajectory import divergence, layer_path, pca_plane
 
 from conftest import tiny_config

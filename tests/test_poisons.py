@@ -181,7 +181,7 @@ def test_test_set_is_never_touched(tmp_path):
 
 def test_cuda_normalizes_each_image_by_its_maximum_over_channels():
     # a 3-channel image whose blurred peak lies in one channel: all channels divided by that one peak
-    from ulviz.data import Dataset
+    from ulviz.data.datasets import Dataset
     x = torch.full((2, 3, 4, 4), 0.1)
     x[:, 1, 2, 2] = 0.8
     ds = Dataset("rgb", x, torch.tensor([0, 0]), x[:1], torch.tensor([0]), 1)
@@ -199,7 +199,7 @@ def _quadrant_energies(noise):
 
 def test_ar_noise_fills_the_whole_image():
     # the issue's check: energy in each quadrant within a factor 4 of every other (it was 96-99.8% in the corner)
-    from ulviz.data import Dataset
+    from ulviz.data.datasets import Dataset
     x = torch.full((40, 3, 32, 32), 0.5)
     y = torch.arange(40) % 4
     ds = Dataset("rgb", x, y, x[:4], y[:4], 4)
@@ -214,7 +214,7 @@ def test_ar_noise_fills_the_whole_image():
 
 
 def test_ar_coefficients_sum_to_one_and_drive_the_noise():
-    from ulviz.data import Dataset
+    from ulviz.data.datasets import Dataset
     from ulviz.poisons.patterns import _ar_generate
     x = torch.full((6, 3, 32, 32), 0.5)
     y = torch.tensor([0, 1, 2, 0, 1, 2])
@@ -255,7 +255,7 @@ def test_lsp_points_come_from_per_class_gaussians_at_hypercube_vertices(ds):
 def test_ops_score_follows_the_original_objective():
     # class 0's images are dark except position (1, 2) which is constant grey: white at any dark
     # position deviates consistently; the chosen pixel maximizes mean/std over images and channels
-    from ulviz.data import Dataset
+    from ulviz.data.datasets import Dataset
     g = torch.Generator().manual_seed(0)
     x = torch.rand(20, 3, 4, 4, generator=g) * 0.2
     x[:10, :, 3, 3] = 0.0  # class 0: always exactly black at (3, 3): |white - x| = 1 with std 0

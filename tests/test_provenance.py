@@ -14,7 +14,7 @@ import torch
 from tests.conftest import ROOT
 from ulviz import DataConfig, ModelConfig, PoisonConfig, RunConfig, SALConfig, TrainConfig, UlvizError, open_run, train
 from ulviz.cli import main
-from ulviz.data import load_dataset
+from ulviz.data.datasets import load_dataset
 from ulviz.poisons import make_poison
 from ulviz.core.provenance import data_digest, tensor_digest
 from ulviz.sal import compute_run_sal
@@ -204,7 +204,7 @@ def test_old_run_of_a_procedural_method_still_regenerates(tmp_path):
 def test_delta_encoding_rebuilds_the_images_bit_for_bit(tmp_path, kind):
     """Signed steps (few distinct deltas: a palette) and uniform noise (a raw float delta), on
     clean values so small that x + (x' - x) often rounds off x' (those are stored verbatim)."""
-    from ulviz.store import StoredProtection, _read_protection, _write_protection
+    from ulviz.store.protection import StoredProtection, _read_protection, _write_protection
     rng = np.random.default_rng(0)
     clean = (rng.random((40, 3, 32, 32)) ** 8).astype(np.float32)  # > 65536 values: the raw delta can have more
     step = rng.integers(-3, 4, clean.shape) * np.float32(0.8 / 255) if kind == "palette" else \

@@ -9,7 +9,7 @@ from torch import nn
 from conftest import tiny_config
 from ulviz import TrainConfig, UnknownNameError, open_run, train
 from ulviz.cli import main
-from ulviz.recipes import apply_recipe, augment_batch, default_recipe
+from ulviz.data.recipes import apply_recipe, augment_batch, default_recipe
 
 
 def test_recipes_set_the_papers_training():

@@ -14,7 +14,7 @@ from ulviz import open_run, train
 from ulviz.core.errors import UlvizError
 from ulviz.sharpness import (SharpnessConfig, adaptive_sharpness, compute_run_sharpness, hutchinson_trace,
                              layer_sharpness, run_data, sal_correlations, atlas_frames, spearman, top_eigenvalue)
-from ulviz.store import read_sharpness
+from ulviz.store.analyses import read_sharpness
 
 
 def tiny_model_and_data(seed=0):

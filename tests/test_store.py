@@ -12,7 +12,7 @@ import torch
 
 from conftest import ROOT, tiny_config
 from ulviz import DataConfig, ModelConfig, RunConfig, RunFileError, TrainConfig, open_run, train
-from ulviz.store import open_for_update
+from ulviz.store.files import open_for_update
 
 
 def test_round_trip_every_array(tmp_path):
@@ -141,7 +141,7 @@ def test_a_reader_in_another_process_does_not_make_a_writer_fail(tmp_path):
     """A plain HDF5 reader holds a shared lock, a writer an exclusive one. The dashboard or a sweep
     polling a run while a resume, a post-hoc SAL row or a landscape cache opens it for writing
     used to make that write fail ("unable to lock file"), and a landscape cache was deleted."""
-    from ulviz.store import read_landscape, write_landscape_points
+    from ulviz.store.caches import read_landscape, write_landscape_points
     path = tmp_path / "r.h5"
     train(tiny_config(epochs=1), path)
     reader = _hold_open(path, "r", 1.0)

@@ -10,7 +10,7 @@ from conftest import tiny_config
 from ulviz import DataConfig, ModelConfig, SALConfig, UlvizError, load_dataset, open_run, train
 from ulviz.cli import main
 from ulviz.probe import fit_probe, linear_probe, penultimate_features
-from ulviz.tasks import foreground_masks, iou, list_tasks, rotate, task_dataset
+from ulviz.data.tasks import foreground_masks, iou, list_tasks, rotate, task_dataset
 
 
 def test_registry():

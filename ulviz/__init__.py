@@ -12,19 +12,19 @@ The public API (everything else is internal)::
 """
 from .core.provenance import __version__
 from .core.config import DataConfig, ModelConfig, PoisonConfig, RunConfig, SALConfig, TrainConfig
-from .data import Dataset, list_datasets, load_dataset
+from .data.datasets import Dataset, list_datasets, load_dataset
 from .core.devices import select_device
 from .core.errors import DataError, DivergedError, RunFileError, UlvizError, UnknownNameError
 from .models import create_model, list_models, weight_layer_names
 from .poisons import list_methods, make_poison
-from .store import Run, find_runs, open_run
+from .store.runs import Run, find_runs, open_run
 from .training import EpochContext, TrainResult, evaluate, resume, train
 from .sal import layer_sal
 from .ud import unlearnable_distance
 from .landscape import interpolation, line, plane, run_landscape
 from .trajectory import divergence, pca_plane
 from .teaching import ToyConfig, lesson
-from .tasks import list_tasks
+from .data.tasks import list_tasks
 from .probe import linear_probe
 from .defenses import list_defenses
 from .defense_study import defense_study

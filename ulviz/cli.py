@@ -11,13 +11,13 @@ from pathlib import Path
 
 from .core.config import (DataConfig, ModelConfig, PoisonConfig, RunConfig, SALConfig, TrainConfig, check_numbers,
                           parse_param)
-from .data import list_datasets
+from .data.datasets import list_datasets
 from .core.errors import UlvizError
 from .models import list_models
 from .poisons import list_budgets, list_methods
 from .core.provenance import __version__
-from .recipes import AUGMENTATIONS, apply_recipe, default_recipe, list_recipes
-from .tasks import list_tasks
+from .data.recipes import AUGMENTATIONS, apply_recipe, default_recipe, list_recipes
+from .data.tasks import list_tasks
 from .defenses import list_defenses, parse_defense
 
 
@@ -272,7 +272,7 @@ def _report(result, out) -> int:
 
 
 def _info(args) -> int:
-    from .store import open_run
+    from .store.runs import open_run
 
     run = open_run(args.run)
     if args.json:
@@ -428,7 +428,7 @@ def _demo(args) -> int:
 def _poison(args) -> int:
     import numpy as np
 
-    from .data import load_dataset
+    from .data.datasets import load_dataset
     from .poisons import make_poison
 
     dataset = load_dataset(DataConfig(args.dataset, args.data_dir, args.allow_pickle, args.train_limit))
@@ -501,7 +501,7 @@ def _landscape(args) -> int:
 def _paths(args) -> int:
     import pandas as pd
 
-    from .store import open_run
+    from .store.runs import open_run
     from .trajectory import divergence, divergence_summary, layer_path, pca_plane
 
     runs = [open_run(args.run)] + ([open_run(args.other)] if args.other else [])

@@ -55,7 +55,7 @@ def run_grid(configs: dict[str, RunConfig], runs_dir: str | Path, sal=None, sal_
 def task_score(run) -> tuple[str, float]:
     """(metric name, value) of a run on clean test data: accuracy averaged over its last epochs,
     or for segment the foreground IoU of its final weights."""
-    from .tasks import get_task
+    from .data.tasks import get_task
     task = get_task(run.config.train.task)
     if task.metric == "IoU":
         return "IoU", final_iou(run)
@@ -67,7 +67,7 @@ def final_iou(run) -> float:
     import torch
 
     from .landscape import run_data, run_model
-    from .tasks import iou
+    from .data.tasks import iou
     model = run_model(run)
     x, y = run_data(run, "test")
     with torch.no_grad():
@@ -80,7 +80,7 @@ def crosstask_table(paths: Iterable[str | Path], probe: bool = True) -> pd.DataF
     :func:`ulviz.ud.clean_twin_key`), probe accuracy and UD against that twin (NaN where the run
     or its twin has no SAL, or where it has no twin among `paths`)."""
     from .probe import linear_probe
-    from .store import open_run, run_labels
+    from .store.runs import open_run, run_labels
     from .ud import clean_twin_key, group_ud
 
     runs = [open_run(p) for p in paths]

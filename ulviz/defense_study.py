@@ -81,7 +81,7 @@ def defense_study(paths: Iterable[str | Path]) -> DefenseStudy:
     clean run trained the same way, under the same defenses). Runs without SAL (or whose clean
     twin has none) get accuracy and ratio, no UD."""
     from .core.errors import UlvizError
-    from .store import open_run
+    from .store.runs import open_run
     from .ud import clean_member, clean_twin_key, group_ud
 
     runs = [open_run(p) for p in paths]
@@ -132,14 +132,14 @@ def study_text(study: DefenseStudy) -> str:
 
 def save_study(study: DefenseStudy, path: str | Path, note: str = "") -> Path:
     """Keep a finished study's tables (no run files needed to show it again)."""
-    from .store import write_tables
+    from .store.tables import write_tables
     notes = pd.DataFrame({"note": study.notes}, columns=["note"])
     return write_tables(path, "defense-study", {"table": study.table, "per_layer": study.per_layer, "notes": notes}, note)
 
 
 def load_study(path: str | Path) -> tuple[DefenseStudy, str]:
     """A study kept by :func:`save_study`, and its note (how it was made)."""
-    from .store import read_tables
+    from .store.tables import read_tables
     tables, note = read_tables(path, "defense-study")
     return DefenseStudy(tables["table"], tables["per_layer"], list(tables["notes"]["note"])), note
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from .core.config import DataConfig, ModelConfig, PoisonConfig, RunConfig, SALConfig, TrainConfig
 from .core.errors import UlvizError, UnknownNameError
-from .recipes import apply_recipe
+from .data.recipes import apply_recipe
 
 DATA_ROOT = Path(__file__).resolve().parent.parent / "data"
 DEMO_DIR = DATA_ROOT / "demo"  # the bundled study, read-only for the dashboard

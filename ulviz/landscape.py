@@ -666,7 +666,7 @@ SPLITS = ("train", "clean", "test")  # the data the run trained on (maybe protec
 def run_model(run, epoch: int = -1) -> nn.Module:
     """A model of the run's architecture holding its weights at `epoch` (-1: the last finished)."""
     from .models import create_model
-    from .tasks import get_task
+    from .data.tasks import get_task
     ds = _run_dataset(run)
     outputs = get_task(run.config.train.task).outputs(ds)
     with torch.random.fork_rng(devices=[]):
@@ -698,7 +698,7 @@ def _run_dataset(run):
 def _dataset(config):
     """The dataset of a DataConfig, read once per process: a dashboard rerun must not reread
     CIFAR's files (never modified in place: protected or subset copies are new tensors)."""
-    from .data import load_dataset
+    from .data.datasets import load_dataset
     return load_dataset(config)
 
 
@@ -721,7 +721,8 @@ def run_landscape(path, kind: str = "plane", *, epoch: int = -1, resolution: int
     :func:`ulviz.store.landscape_cache_path`) the run file is only read: what it lacks is read
     from and written to that file instead.
     """
-    from .store import open_run, read_landscape, write_landscape_points
+    from .store.runs import open_run
+    from .store.caches import read_landscape, write_landscape_points
     if kind not in KINDS:
         raise UnknownNameError("landscape kind", kind, list(KINDS))
     run = open_run(path)
@@ -800,7 +801,7 @@ def run_landscape(path, kind: str = "plane", *, epoch: int = -1, resolution: int
 def cached_landscapes(path, cache_file: str | Path | None = None) -> list[dict]:
     """Settings of the landscapes cached for the run file at `path` (in it, then in `cache_file`),
     each with "complete", the fraction of its points computed."""
-    from .store import list_landscapes
+    from .store.caches import list_landscapes
     found = list_landscapes(path)
     if cache_file is not None and Path(cache_file).exists():
         try:
@@ -820,7 +821,7 @@ def landscape_cost(run, kind: str, resolution: int, split: str = "test", subset:
 
 def _read_cache_file(path: Path, settings: dict) -> dict | None:
     """A landscape cache file's points for `settings`; a missing or damaged file holds none."""
-    from .store import read_landscape
+    from .store.caches import read_landscape
     if not path.exists():
         return None
     try:

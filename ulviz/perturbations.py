@@ -33,7 +33,7 @@ def protected_images(run):
     The one place that asks for a run's protected data: the lead switches it to the stored
     protections of ``trainset.run_training_data`` when that exists."""
     from . import trainset
-    from .data import load_dataset
+    from .data.datasets import load_dataset
 
     clean = load_dataset(run.config.data)
     if hasattr(trainset, "run_training_data"):  # stored protections, when the run file keeps them

@@ -68,7 +68,7 @@ def linear_probe(path, epoch: int = -1) -> ProbeResult:
     """The linear probe of the run file at `path` at `epoch` (-1: its last finished one)."""
     from .landscape import _run_dataset, run_model
     from .core.provenance import data_digest
-    from .store import open_run
+    from .store.runs import open_run
     from .trainset import check_digest
 
     run = open_run(path)

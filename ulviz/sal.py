@@ -626,8 +626,9 @@ def compute_run_sal(path, config, *, device=None, progress: Callable[[int, int],
     with `config` (a SALConfig), skipping epochs already computed with the same settings. Returns
     the run. UD averages over the epochs that have SAL, so a few spread epochs give a cheaper,
     coarser estimate of the same quantity."""
-    from .data import load_dataset
-    from .store import append_sal_row, open_run, prepare_sal
+    from .data.datasets import load_dataset
+    from .store.analyses import append_sal_row, prepare_sal
+    from .store.runs import open_run
     from .trainset import run_training_data
 
     if config.estimator not in ESTIMATORS:

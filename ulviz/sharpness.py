@@ -242,7 +242,7 @@ def adaptive_sharpness(loss: Callable[[torch.Tensor], float], gradient: Callable
 def run_data(run, protected: bool):
     """The run's task data: its training inputs protected (what it trained on) or clean, and its
     clean test set. The one place sharpness and surgery build a run's data (SAL's rule)."""
-    from .data import load_dataset
+    from .data.datasets import load_dataset
     from .trainset import run_training_data
     return run_training_data(run, load_dataset(run.config.data), protected=protected)
 
@@ -268,7 +268,8 @@ def compute_run_sharpness(path, config: SharpnessConfig = SharpnessConfig(), *, 
     epochs that have SAL, else the last) from its snapshots, storing each epoch's row as it is
     done; epochs already stored with the same settings are skipped. Returns
     :func:`ulviz.store.read_sharpness` of the file."""
-    from .store import append_sharpness_row, open_run, prepare_sharpness, read_sharpness
+    from .store.analyses import append_sharpness_row, prepare_sharpness, read_sharpness
+    from .store.runs import open_run
 
     check_config(config)
     run = open_run(path)

@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .core.errors import DivergedError
-from .recipes import augment_batch
+from .data.recipes import augment_batch
 
 
 def correct_count(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

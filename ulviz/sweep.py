@@ -180,7 +180,7 @@ def _with_recipe(config: RunConfig, train: dict) -> RunConfig:
     fields the file gives explicitly; without it, the file's fields over TrainConfig's defaults."""
     from dataclasses import replace
 
-    from .recipes import apply_recipe
+    from .data.recipes import apply_recipe
     if "recipe" not in train:
         return config
     given = {k: v for k, v in train.items() if k not in ("recipe",)}
@@ -221,7 +221,7 @@ def _set_dotted(d: dict, field: str, value: Any) -> None:
 def run_state(run: PlannedRun) -> tuple[str, int]:
     """(state, epochs done) of a planned run from its file: pending (no file), running (its writer
     lives), interrupted (resumable), complete, or failed (failed, diverged, or a damaged file)."""
-    from .store import open_run
+    from .store.runs import open_run
     if not run.path.exists():
         return "pending", 0
     try:

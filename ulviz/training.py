@@ -18,17 +18,17 @@ import torch
 from torch import nn
 
 from .core.config import RunConfig, check_numbers
-from .data import Dataset, list_datasets, load_dataset
+from .data.datasets import Dataset, list_datasets, load_dataset
 from .core.devices import compute_device
 from .core.errors import DivergedError, RunFileError, UlvizError, UnknownNameError
 from .models import build_model, list_models, weight_layer_names
 from .sal import sal_callback
 from .steps import evaluate, train_epoch
-from .tasks import check_task_model
+from .data.tasks import check_task_model
 from .defenses import batch_defense, check_defenses
 from .core.provenance import environment, fixed_threads
 from .trainset import run_training_data, training_set
-from .store import RunWriter, check_new_run_path, open_run, reopen_for_resume
+from .store.runs import RunWriter, check_new_run_path, open_run, reopen_for_resume
 
 __all__ = ["EpochContext", "TrainResult", "build_model", "evaluate", "lr_at", "make_optimizer", "replay", "resume",
            "train", "train_epoch"]

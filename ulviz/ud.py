@@ -241,7 +241,7 @@ def load_sal_source(path: str | Path) -> SALSource:
         acc = float(log.test_acc[-1]) if len(log.test_acc) else float("nan")
         label = path.parent.name if path.name == "output.log" else path.stem
         return SALSource(label, log.layers, log.sal["sal"], acc, "", path, list(range(1, len(log.sal["sal"]) + 1)))
-    from .store import open_run
+    from .store.runs import open_run
 
     run = open_run(path)
     if len(run.sal_epochs) == 0:
@@ -288,7 +288,7 @@ def ud_table(clean, runs) -> tuple["pd.DataFrame", UDResult]:
 def source_labels(sources: list[SALSource]) -> list[str]:
     """One label per source, by the rule of :func:`ulviz.store.run_labels` (the dashboard's for
     runs, so a run reads the same in every table and legend)."""
-    from .store import run_labels
+    from .store.runs import run_labels
     return run_labels([(s.name, s.path or Path(s.name)) for s in sources])
 
 
@@ -404,7 +404,7 @@ def seed_table(paths, variants: dict | None = None, k: int = LAST_K) -> "pd.Data
     twin (NaN where there is none, or either has no SAL)."""
     import pandas as pd
 
-    from .store import open_run
+    from .store.runs import open_run
     runs = []
     for p in paths:
         try:

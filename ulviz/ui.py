@@ -22,7 +22,7 @@ from streamlit.errors import StreamlitAPIException
 from . import plots
 from .core.errors import UlvizError
 from .sal import describe_sal
-from .store import find_runs, open_run, run_labels
+from .store.runs import find_runs, open_run, run_labels
 
 _DIR_KEY = "ulviz_data_dir"  # the chosen data directory (plain key)
 _DIR_BOX = "ulviz_data_dir_box"  # its sidebar box (widget key)
@@ -344,7 +344,7 @@ def landscapes_on_request(requests: dict, key: str) -> dict:
     user asks, with a Cancel button while they run (a click reruns the page, which stops the
     work; the points computed so far are kept, so the next request resumes)."""
     from .landscape import landscape_cost, run_landscape
-    from .store import open_run
+    from .store.runs import open_run
 
     done, missing, partial = {}, [], {}
     for label, (path, kind, kwargs) in requests.items():

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import load_dataset
+from .data.datasets import load_dataset
 from .core.errors import UlvizError
 from .core.provenance import RESULT_FIELDS, data_digest, environment
-from .store import open_run
+from .store.runs import open_run
 from .training import replay
 from .trainset import protected_images
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ..core.config import PoisonConfig
-from ..data import Dataset
+from ..data.datasets import Dataset
 from ..core.provenance import GENERATION_THREADS, PACKAGE_DIR, fixed_threads
 from .registry import (BUDGETS, Context, Method, Poison, check_budget, list_budgets, list_methods, method_info,
                        protected_indices, register, resolve_params, scaled_params)
@@ -118,7 +118,7 @@ def _cache_path(dataset: Dataset, config: PoisonConfig, params: dict) -> Path:
 
 # the modules whose code decides what a trained method generates: the methods, the surrogate's
 # training steps, its architectures and augmentation
-_GENERATOR_MODULES = ("poisons/__init__.py", "poisons/registry.py", "poisons/optimized.py", "steps.py", "models.py", "recipes.py")
+_GENERATOR_MODULES = ("poisons/__init__.py", "poisons/registry.py", "poisons/optimized.py", "steps.py", "models.py", "data/recipes.py")
 
 
 @functools.lru_cache(maxsize=1)

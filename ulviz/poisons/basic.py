@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import open_npz
+from ..data.datasets import open_npz
 from ..core.errors import UlvizError
 from .registry import Poison, register
 

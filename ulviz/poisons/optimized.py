@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from ..core.errors import UlvizError
 from ..models import create_model
-from ..recipes import NATURAL_IMAGE_SETS, augment_batch
+from ..data.recipes import NATURAL_IMAGE_SETS, augment_batch
 from ..steps import evaluate, train_step
 from .registry import Poison, register
 

@@ -25,8 +25,8 @@ from dataclasses import replace
 
 import torch
 
-from .core.config import TrainConfig
-from .core.errors import UnknownNameError
+from ..core.config import TrainConfig
+from ..core.errors import UnknownNameError
 
 _RECIPES: dict[str, dict] = {
     "quick": dict(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="cosine", batch_size=64,

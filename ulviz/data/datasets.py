@@ -14,8 +14,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .core.config import DataConfig
-from .core.errors import DataError, UnknownNameError
+from ..core.config import DataConfig
+from ..core.errors import DataError, UnknownNameError
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def _to_unit_float(x: np.ndarray) -> torch.Tensor:
 
 # the repository's root: run files of the bundled demo name their data relative to it
 # ("data/cifar10-subset"), so they read the same from any working directory
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the checkout (this file is ulviz/data/datasets.py)
 
 
 def local_path(data_dir: str) -> Path:
