@@ -151,7 +151,7 @@ def _quiet_threads(workers: int) -> None:
 def _generate(config):
     """(label, generation seconds): the protection made once, into the on-disk cache."""
     from ulviz import load_dataset
-    from ulviz.poisons import make_poison
+    from ulviz.protect.poisons import make_poison
     start = time.perf_counter()
     poison = make_poison(config.poison, load_dataset(config.data), device=config.train.device)
     took = "cached" if "cached" in poison.info else f"{time.perf_counter() - start:.0f} s"

@@ -270,7 +270,7 @@ def main():
         snaps = []
         train(cfg, callbacks=[lambda c: snaps.append({k: v.clone() for k, v in c.model.state_dict().items()})])
         data = load_dataset("digits")
-        from ulviz.poisons import make_poison
+        from ulviz.protect.poisons import make_poison
         xtr = make_poison(poison, data).x_train
         model = create_model("lenet5", data.image_shape, 10)
         for est in ("exact", "fast"):

@@ -5,7 +5,7 @@ import streamlit as st
 
 from ulviz import plots, ui
 from ulviz.perturbations import (CLASSWISE_AT, LOW_CUTOFF, amplified, radial_profile, run_report, summary_row)
-from ulviz.poisons import method_info
+from ulviz.protect.poisons import method_info
 
 ui.page("Perturbations",
         "The noise each protection adds to the training images: a gallery per class (the perturbation amplified to "

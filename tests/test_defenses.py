@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from ulviz.defenses import (adversarial_training, cutmix, cutout, defend_batch, defend_data, grayscale, iss, jpeg,
-                            list_defenses, mixup, parse_defense, pgd_attack, ueraser)
+from ulviz.protect.defenses import (adversarial_training, cutmix, cutout, defend_batch, defend_data, grayscale, iss,
+                                    jpeg, list_defenses, mixup, parse_defense, pgd_attack, ueraser)
 from ulviz.core.errors import UlvizError
 
 
@@ -131,7 +131,7 @@ def test_training_defends_the_training_images_never_the_test_set(tmp_path):
     from conftest import tiny_config
     from ulviz import load_dataset, train
     from ulviz.cli import main
-    from ulviz.poisons import make_poison
+    from ulviz.protect.poisons import make_poison
     seen = []
     cfg = tiny_config(epochs=1)
     cfg = replace(cfg, train=replace(cfg.train, defenses=[{"name": "jpeg", "params": {"quality": 20}},

@@ -87,10 +87,10 @@ def test_post_hoc_sal_of_the_bundled_em_class_run_equals_its_stored_row():
     em-class run stores its protection, so SAL recomputed now from its last snapshot equals the
     row stored when the demo was made."""
     from ulviz.data.datasets import load_dataset
-    from ulviz.models import build_model, weight_layer_names
+    from ulviz.models.registry import build_model, weight_layer_names
     from ulviz.sal import layer_sal, sal_arrays, sal_data, sal_kwargs
     from ulviz.core.config import SALConfig
-    from ulviz.trainset import run_training_data
+    from ulviz.protect.trainset import run_training_data
     path = ROOT / "data" / "demo" / "em-class.h5"
     if not path.exists():
         pytest.skip("no bundled demo")

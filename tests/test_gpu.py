@@ -10,7 +10,7 @@ from test_landscape import _assert_points_by_hand, _model
 from test_sal import _trained, reference_sal
 from ulviz import PoisonConfig, SALConfig, load_dataset, open_run, train
 from ulviz import landscape as L
-from ulviz.poisons import make_poison
+from ulviz.protect.poisons import make_poison
 from ulviz.sal import layer_sal
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -64,7 +64,7 @@ class _Branchy(torch.nn.Module):
 
 def test_fx_split_of_a_skip_connection_equals_the_forward_and_shares_parameters():
     import warnings
-    from ulviz.models import model_stages
+    from ulviz.models.registry import model_stages
     torch.manual_seed(0)
     model = _SkipNet().eval()
     with warnings.catch_warnings():
@@ -84,7 +84,7 @@ def test_fx_split_of_a_skip_connection_equals_the_forward_and_shares_parameters(
 
 
 def test_untraceable_model_falls_back_to_one_stage_with_one_notice():
-    from ulviz.models import model_stages
+    from ulviz.models.registry import model_stages
     model = _Branchy()
     with pytest.warns(UserWarning, match="_Branchy could not be split into stages with torch.fx") as record:
         assert model_stages(model) == [model]
@@ -99,7 +99,7 @@ def test_sal_and_landscape_of_a_user_model_are_unchanged_by_its_stages(monkeypat
     """The fx stages only share work: SAL and a plane equal those of the model as one stage, and
     the plane's points equal a hand-loaded copy of the model; the caller's model is untouched."""
     import copy
-    import ulviz.models as models
+    import ulviz.models.registry as models
     from ulviz.landscape import plane
     from ulviz.sal import layer_sal
     torch.manual_seed(1)

@@ -4,8 +4,8 @@ import torch
 from torch.nn import functional as F
 
 from ulviz import PoisonConfig, UlvizError, UnknownNameError, load_dataset
-from ulviz import poisons as P
-from ulviz.poisons import list_methods, make_poison
+from ulviz.protect import poisons as P
+from ulviz.protect.poisons import list_methods, make_poison
 
 # small settings so the model-based methods run in about a second on synthetic data
 FAST = {"em": {"max_rounds": 2, "pgd_steps": 2}, "rem": {"train_epochs": 0.2, "pgd_steps": 2, "samples": 2, "rho_steps": 2},
@@ -47,7 +47,7 @@ def test_parameters_of_the_wrong_type_are_refused_before_anything_runs(method, p
 
 
 def test_every_parameter_has_a_type():
-    from ulviz.poisons import method_info, resolve_params
+    from ulviz.protect.poisons import method_info, resolve_params
     for name in list_methods():
         m = method_info(name)
         assert all(v is not None or k in m.kinds for k, v in m.defaults.items()), name
@@ -215,7 +215,7 @@ def test_ar_noise_fills_the_whole_image():
 
 def test_ar_coefficients_sum_to_one_and_drive_the_noise():
     from ulviz.data.datasets import Dataset
-    from ulviz.poisons.patterns import _ar_generate
+    from ulviz.protect.poisons.patterns import _ar_generate
     x = torch.full((6, 3, 32, 32), 0.5)
     y = torch.tensor([0, 1, 2, 0, 1, 2])
     ds = Dataset("rgb", x, y, x[:1], y[:1], 3)
@@ -234,7 +234,7 @@ def test_ar_coefficients_sum_to_one_and_drive_the_noise():
 
 
 def test_lsp_points_come_from_per_class_gaussians_at_hypercube_vertices(ds):
-    from ulviz.poisons.patterns import _hypercube_vertices
+    from ulviz.protect.poisons.patterns import _hypercube_vertices
     v = _hypercube_vertices(10, 12, torch.Generator().manual_seed(0))
     assert set(v.unique().tolist()) == {-1.0, 1.0} and len({tuple(r) for r in v.tolist()}) == 10
     p = _make(ds, "lsp")
@@ -272,7 +272,7 @@ def test_ops_score_follows_the_original_objective():
 def test_pgd_moves_saturated_pixels_when_the_gradient_asks():
     # a pixel at 0 whose delta is negative: the gradient is taken at the clamped image, so an
     # ascent direction pointing up moves it (through clamp w.r.t. delta its gradient would be 0)
-    from ulviz.poisons.optimized import pgd_on_image
+    from ulviz.protect.poisons.optimized import pgd_on_image
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
     with torch.no_grad():

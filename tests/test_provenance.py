@@ -15,10 +15,10 @@ from tests.conftest import ROOT
 from ulviz import DataConfig, ModelConfig, PoisonConfig, RunConfig, SALConfig, TrainConfig, UlvizError, open_run, train
 from ulviz.cli import main
 from ulviz.data.datasets import load_dataset
-from ulviz.poisons import make_poison
+from ulviz.protect.poisons import make_poison
 from ulviz.core.provenance import data_digest, tensor_digest
 from ulviz.sal import compute_run_sal
-from ulviz.trainset import run_training_data
+from ulviz.protect.trainset import run_training_data
 from ulviz import verify_run
 
 EM_CLASS = PoisonConfig("em", params={"mode": "class", "max_rounds": 2, "surrogate": "mlp", "surrogate_width": 16})
@@ -126,7 +126,7 @@ def test_a_digest_mismatch_is_refused_in_one_line(em_run, monkeypatch):
         run_training_data(run, other)
     assert "clean training set differs" in str(e.value) and "\n" not in str(e.value)
     # a regenerated protection that is not what the run trained on (no stored one to read)
-    import ulviz.trainset as ts
+    import ulviz.protect.trainset as ts
     monkeypatch.setattr(type(run), "stored_protection", lambda self, x: None)
     real = ts.make_poison
     def drifted(config, dataset, **kw):

@@ -69,7 +69,7 @@ class _Recorder(nn.Module):
 
 
 def test_augmentation_is_applied_in_training_and_never_in_evaluation(monkeypatch, tmp_path):
-    import ulviz.models as M
+    import ulviz.models.registry as M
     made = []
     monkeypatch.setattr(M, "create_model", lambda name, shape, k, width=None: made.append(_Recorder(shape, k)) or made[-1])
     cfg = tiny_config(epochs=1)

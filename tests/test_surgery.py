@@ -9,7 +9,7 @@ from conftest import tiny_config
 from ulviz import ModelConfig, SALConfig, open_run, train
 from ulviz.cli import main
 from ulviz.core.errors import UlvizError
-from ulviz.models import create_model
+from ulviz.models.registry import create_model
 from ulviz.surgery import (SurgeryConfig, layer_surgery, layer_tensors, random_layers, select_layers)
 
 RANDOM = {"mode": "class", "eps": 0.2}

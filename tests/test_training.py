@@ -87,7 +87,7 @@ def test_train_protects_the_dataset_it_is_given_once(tmp_path):
     trained on images protected twice)."""
     from dataclasses import replace as dc_replace
     from ulviz import PoisonConfig, load_dataset
-    from ulviz.poisons import make_poison
+    from ulviz.protect.poisons import make_poison
     seen = []
     cfg = dc_replace(tiny_config(epochs=1), poison=PoisonConfig("random", params={"mode": "sample", "eps": 0.1}))
     ds = load_dataset(cfg.data)

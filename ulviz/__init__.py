@@ -15,8 +15,8 @@ from .core.config import DataConfig, ModelConfig, PoisonConfig, RunConfig, SALCo
 from .data.datasets import Dataset, list_datasets, load_dataset
 from .core.devices import select_device
 from .core.errors import DataError, DivergedError, RunFileError, UlvizError, UnknownNameError
-from .models import create_model, list_models, weight_layer_names
-from .poisons import list_methods, make_poison
+from .models.registry import create_model, list_models, weight_layer_names
+from .protect.poisons import list_methods, make_poison
 from .store.runs import Run, find_runs, open_run
 from .training import EpochContext, TrainResult, evaluate, resume, train
 from .sal import layer_sal
@@ -26,7 +26,7 @@ from .trajectory import divergence, pca_plane
 from .teaching import ToyConfig, lesson
 from .data.tasks import list_tasks
 from .probe import linear_probe
-from .defenses import list_defenses
+from .protect.defenses import list_defenses
 from .defense_study import defense_study
 from .sharpness import SharpnessConfig, compute_run_sharpness, layer_sharpness
 from .surgery import SurgeryConfig, layer_surgery, select_layers

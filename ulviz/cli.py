@@ -13,12 +13,12 @@ from .core.config import (DataConfig, ModelConfig, PoisonConfig, RunConfig, SALC
                           parse_param)
 from .data.datasets import list_datasets
 from .core.errors import UlvizError
-from .models import list_models
-from .poisons import list_budgets, list_methods
+from .models.registry import list_models
+from .protect.poisons import list_budgets, list_methods
 from .core.provenance import __version__
 from .data.recipes import AUGMENTATIONS, apply_recipe, default_recipe, list_recipes
 from .data.tasks import list_tasks
-from .defenses import list_defenses, parse_defense
+from .protect.defenses import list_defenses, parse_defense
 
 
 def _param(text: str) -> tuple[str, object]:
@@ -429,7 +429,7 @@ def _poison(args) -> int:
     import numpy as np
 
     from .data.datasets import load_dataset
-    from .poisons import make_poison
+    from .protect.poisons import make_poison
 
     dataset = load_dataset(DataConfig(args.dataset, args.data_dir, args.allow_pickle, args.train_limit))
     config = PoisonConfig(args.method, args.ratio, args.seed, dict(args.param), args.budget)
@@ -446,7 +446,7 @@ def _poison(args) -> int:
 
 
 def _list(args) -> int:
-    from .poisons import method_info
+    from .protect.poisons import method_info
 
     print("datasets:", ", ".join(list_datasets()))
     print("models:  ", ", ".join(list_models()))

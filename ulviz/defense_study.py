@@ -19,7 +19,7 @@ import pandas as pd
 
 from .core.config import PoisonConfig, RunConfig
 from .core.accuracy import LAST_K, accuracy_summary
-from .defenses import get_defense
+from .protect.defenses import get_defense
 
 NONE = "none"  # the label of training without any defense
 

@@ -40,7 +40,7 @@ from torch.nn import functional as F
 
 from .core.devices import compute_device
 from .core.errors import UlvizError, UnknownNameError
-from .models import model_stages
+from .models.registry import model_stages
 
 NORMALIZATIONS = ("filter", "layer", "none")
 Direction = dict[str, torch.Tensor]  # parameter name -> tensor of its shape (zeros where left out)
@@ -665,7 +665,7 @@ SPLITS = ("train", "clean", "test")  # the data the run trained on (maybe protec
 
 def run_model(run, epoch: int = -1) -> nn.Module:
     """A model of the run's architecture holding its weights at `epoch` (-1: the last finished)."""
-    from .models import create_model
+    from .models.registry import create_model
     from .data.tasks import get_task
     ds = _run_dataset(run)
     outputs = get_task(run.config.train.task).outputs(ds)
@@ -679,7 +679,7 @@ def run_data(run, split: str = "test", subset: int | None = None) -> tuple[torch
     """The samples a landscape of `run` is measured on (the first `subset` of them)."""
     if split not in SPLITS:
         raise UnknownNameError("split", split, list(SPLITS))
-    from .trainset import run_training_data
+    from .protect.trainset import run_training_data
     # the run's inputs and targets: the images it trained on, digest-checked (ulviz.trainset)
     data = run_training_data(run, _run_dataset(run), protected=split == "train")
     x, y = (data.x_test, data.y_test) if split == "test" else (data.x_train, data.y_train)

@@ -32,7 +32,7 @@ def protected_images(run):
 
     The one place that asks for a run's protected data: the lead switches it to the stored
     protections of ``trainset.run_training_data`` when that exists."""
-    from . import trainset
+    from .protect import trainset
     from .data.datasets import load_dataset
 
     clean = load_dataset(run.config.data)

@@ -69,7 +69,7 @@ def linear_probe(path, epoch: int = -1) -> ProbeResult:
     from .landscape import _run_dataset, run_model
     from .core.provenance import data_digest
     from .store.runs import open_run
-    from .trainset import check_digest
+    from .protect.trainset import check_digest
 
     run = open_run(path)
     last = run.epochs_done

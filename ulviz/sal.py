@@ -47,8 +47,8 @@ from torch.nn import functional as F
 from .core.config import check_numbers
 from .core.devices import compute_device
 from .core.errors import UlvizError, UnknownNameError
-from .models import build_model, model_stages, weight_layer_names
-from .steps import correct_count
+from .models.registry import build_model, model_stages, weight_layer_names
+from .models.steps import correct_count
 
 ESTIMATORS = ("exact", "fast")
 PARTS = ("sal", "s_max", "s_min", "acc_drop", "acc_rise")
@@ -629,7 +629,7 @@ def compute_run_sal(path, config, *, device=None, progress: Callable[[int, int],
     from .data.datasets import load_dataset
     from .store.analyses import append_sal_row, prepare_sal
     from .store.runs import open_run
-    from .trainset import run_training_data
+    from .protect.trainset import run_training_data
 
     if config.estimator not in ESTIMATORS:
         raise UnknownNameError("SAL estimator", config.estimator, list(ESTIMATORS))

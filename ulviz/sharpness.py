@@ -41,7 +41,7 @@ from torch.nn import functional as F
 from .core.config import _limits, check_numbers
 from .core.devices import compute_device
 from .core.errors import UlvizError, UnknownNameError
-from .models import build_model, weight_layer_names
+from .models.registry import build_model, weight_layer_names
 
 MEASURES = ("eig", "trace", "adaptive", "norm", "dist_init")
 LABELS = {  # how pages and tables name each measure
@@ -243,7 +243,7 @@ def run_data(run, protected: bool):
     """The run's task data: its training inputs protected (what it trained on) or clean, and its
     clean test set. The one place sharpness and surgery build a run's data (SAL's rule)."""
     from .data.datasets import load_dataset
-    from .trainset import run_training_data
+    from .protect.trainset import run_training_data
     return run_training_data(run, load_dataset(run.config.data), protected=protected)
 
 

@@ -156,14 +156,14 @@ def _method(d: dict) -> str | None:
 
 def _params_taken(methods: set) -> set:
     """The parameters at least one of `methods` takes (unknown names are check_config's to refuse)."""
-    from .poisons import list_methods, method_info
+    from .protect.poisons import list_methods, method_info
     return {k for m in methods if m in list_methods() for k in method_info(m).defaults}
 
 
 def _without_untaken(d: dict, values: dict, taken: set) -> dict:
     """Drop from `d` the method parameters its method does not take but another method of the
     grid does; returns `values` without the axes of the dropped ones (for the run's name)."""
-    from .poisons import list_methods, method_info
+    from .protect.poisons import list_methods, method_info
     poison, method = d.get("poison"), _method(d)
     if not isinstance(poison, dict) or not isinstance(poison.get("params"), dict) or method not in list_methods():
         return values

@@ -28,7 +28,7 @@ from .core.errors import UlvizError
 from .core.provenance import RESULT_FIELDS, data_digest, environment
 from .store.runs import open_run
 from .training import replay
-from .trainset import protected_images
+from .protect.trainset import protected_images
 
 COMPARED = ("train_loss", "train_acc", "test_loss", "test_acc", "lr")  # `seconds` is the machine's, not the run's
 

@@ -35,8 +35,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .core.config import checked_params
-from .core.errors import UlvizError, UnknownNameError
+from ..core.config import checked_params
+from ..core.errors import UlvizError, UnknownNameError
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def get_defense(name: str) -> Defense:
 
 def parse_defense(spec: str) -> dict:
     """``name[:key=value,...]`` -> {"name": ..., "params": {...}} (values read as JSON when they can be)."""
-    from .core.config import parse_param
+    from ..core.config import parse_param
     name, _, rest = spec.partition(":")
     params = dict(parse_param(item) for item in rest.split(",") if item.strip())
     spec = {"name": name.strip(), "params": params}

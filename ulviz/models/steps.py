@@ -6,8 +6,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .core.errors import DivergedError
-from .data.recipes import augment_batch
+from ..core.errors import DivergedError
+from ..data.recipes import augment_batch
 
 
 def correct_count(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.config import PoisonConfig
-from ..data.datasets import Dataset
-from ..core.provenance import GENERATION_THREADS, PACKAGE_DIR, fixed_threads
+from ...core.config import PoisonConfig
+from ...data.datasets import Dataset
+from ...core.provenance import GENERATION_THREADS, PACKAGE_DIR, fixed_threads
 from .registry import (BUDGETS, Context, Method, Poison, check_budget, list_budgets, list_methods, method_info,
                        protected_indices, register, resolve_params, scaled_params)
 
@@ -53,7 +53,7 @@ def make_poison(config: PoisonConfig | str, dataset: Dataset, *, cache: bool = T
 
     The method's defaults are first set to the budget convention `config.budget`; parameters
     given in `config.params` override them."""
-    from ..core.devices import compute_device
+    from ...core.devices import compute_device
 
     if isinstance(config, str):
         config = PoisonConfig(method=config, params=params)
@@ -118,7 +118,8 @@ def _cache_path(dataset: Dataset, config: PoisonConfig, params: dict) -> Path:
 
 # the modules whose code decides what a trained method generates: the methods, the surrogate's
 # training steps, its architectures and augmentation
-_GENERATOR_MODULES = ("poisons/__init__.py", "poisons/registry.py", "poisons/optimized.py", "steps.py", "models.py", "data/recipes.py")
+_GENERATOR_MODULES = ("protect/poisons/__init__.py", "protect/poisons/registry.py", "protect/poisons/optimized.py",
+                      "models/steps.py", "models/registry.py", "data/recipes.py")
 
 
 @functools.lru_cache(maxsize=1)

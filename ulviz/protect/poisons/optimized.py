@@ -19,10 +19,10 @@ import math
 import torch
 from torch.nn import functional as F
 
-from ..core.errors import UlvizError
-from ..models import create_model
-from ..data.recipes import NATURAL_IMAGE_SETS, augment_batch
-from ..steps import evaluate, train_step
+from ...core.errors import UlvizError
+from ...models.registry import create_model
+from ...data.recipes import NATURAL_IMAGE_SETS, augment_batch
+from ...models.steps import evaluate, train_step
 from .registry import Poison, register
 
 _SURROGATE = {"surrogate": "cnn", "surrogate_width": None, "surrogate_lr": 0.1}

@@ -7,7 +7,7 @@ import math
 import torch
 from torch.nn import functional as F
 
-from ..core.errors import UlvizError
+from ...core.errors import UlvizError
 from .registry import Poison, register
 
 

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .core.errors import UnknownNameError
+from ..core.errors import UnknownNameError
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 

@@ -13,8 +13,8 @@ from typing import Callable
 
 import torch
 
-from ..core.config import checked_params
-from ..core.errors import UlvizError, UnknownNameError
+from ...core.config import checked_params
+from ...core.errors import UlvizError, UnknownNameError
 
 
 @dataclass
