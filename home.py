@@ -8,7 +8,7 @@ import streamlit as st
 
 from ulviz import plots, ui
 from ulviz.core.accuracy import accuracy_columns
-from ulviz.compare import comparable
+from ulviz.measure.compare import comparable
 from ulviz.data.datasets import list_datasets
 from ulviz.core.errors import UlvizError
 from ulviz.jobs import BUILT_IN_DATASETS, JobManager, add_run_file, launch_config, read_run_source
@@ -17,7 +17,7 @@ from ulviz.models.registry import list_models
 from ulviz.protect.poisons import list_methods, method_info
 from ulviz.data.recipes import AUGMENTATIONS, list_recipes
 from ulviz.store.runs import find_runs, runs_table
-from ulviz.ud import study_ud
+from ulviz.measure.ud import study_ud
 
 st.set_page_config(page_title="ulviz", layout="wide")
 st.title("ulviz: how far are unlearnable examples from truly unlearnable?")

@@ -35,7 +35,7 @@ for m in ("torch", "numpy", "pandas", "h5py", "scipy", "pytest", "streamlit", "p
 import torch
 print("cuda available", torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else "")
 try:
-    import ulviz, ulviz.sal
+    import ulviz, ulviz.measure.sal
     print("ulviz imports from", ulviz.__file__)
 except Exception as e:
     print("ulviz import FAILED:", type(e).__name__, e)

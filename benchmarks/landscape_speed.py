@@ -1,4 +1,4 @@
-"""Speed of a 41x41 loss plane: ulviz.landscape.plane against loss-landscapes 3.0.6's random_plane.
+"""Speed of a 41x41 loss plane: ulviz.measure.landscape.surfaces.plane against loss-landscapes 3.0.6's random_plane.
 
 Same model, same data (the digits training set, 1437 images, one batch), same resolution, filter
 normalization, on the CPU, timed side by side in one run. Also prints our time per grid point
@@ -30,7 +30,7 @@ from torch.nn import functional as F
 from torch import nn
 
 from ulviz import create_model, load_dataset
-from ulviz.landscape import plane
+from ulviz.measure.landscape.surfaces import plane
 
 
 class SkipNet(nn.Module):

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ulviz import open_run  # noqa: E402
-from ulviz.surgery import Patient, blocks, random_layers, resolve_epoch, select_layers, transplant  # noqa: E402
+from ulviz.measure.surgery import Patient, blocks, random_layers, resolve_epoch, select_layers, transplant  # noqa: E402
 
 
 def main() -> None:

@@ -162,7 +162,7 @@ def _generate(config):
 def _train_one(config, path, args):
     """(path, seconds): train (unless an identical run of this code is there), then exact SAL."""
     from ulviz import SALConfig
-    from ulviz.sal import compute_run_sal
+    from ulviz.measure.sal_runs import compute_run_sal
     from ulviz.training import train
     from ulviz.verify import reusable_run
     start = time.perf_counter()
@@ -179,7 +179,7 @@ def _train_one(config, path, args):
 def _report(args, seeds, paths, gen_s, planned: int) -> str:
     import torch
 
-    from ulviz.ud import seed_summary, seed_table, summary_text
+    from ulviz.measure.seeds import seed_summary, seed_table, summary_text
     table = seed_table(paths)
     summary = seed_summary(table)
     text = summary_text(summary, ("acc_final", "acc_last", "acc_peak", "ratio_final", "ratio_last", "ratio_peak", "UD"))

@@ -4,7 +4,7 @@
 """
 import sys, time, torch
 from ulviz import load_dataset, DataConfig, create_model
-from ulviz.sal import layer_sal
+from ulviz.measure.sal import layer_sal
 from torch.nn import functional as F
 torch.set_num_threads(2)
 n = int(sys.argv[1]); iters = int(sys.argv[2])

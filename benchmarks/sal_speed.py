@@ -25,8 +25,9 @@ import torch
 from torch.nn import functional as F
 
 from ulviz import DataConfig, ModelConfig, PoisonConfig, RunConfig, TrainConfig, create_model, load_dataset, train
-from ulviz.sal import layer_sal, plain_loop_sal
-from ulviz.ud import unlearnable_distance
+from ulviz.measure.sal import layer_sal
+from ulviz.measure.sal_reference import plain_loop_sal
+from ulviz.measure.ud import unlearnable_distance
 
 
 def timed(fn, repeat=1):

@@ -30,8 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ulviz import open_run  # noqa: E402
-from ulviz.sharpness import (SharpnessConfig, atlas_frames, compute_run_sharpness, sal_correlations,  # noqa: E402
-                             sharpest_layers)
+from ulviz.measure.sharpness import (SharpnessConfig, atlas_frames, compute_run_sharpness, sal_correlations,
+                                     sharpest_layers)
 from layer_surgery import markdown  # noqa: E402
 
 

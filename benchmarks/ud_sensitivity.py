@@ -73,7 +73,8 @@ def sal_matrix(path: str, setting: dict, epochs: list[int], device: str) -> np.n
     from ulviz import open_run
     from ulviz.data.datasets import load_dataset
     from ulviz.models.registry import build_model, weight_layer_names
-    from ulviz.sal import layer_sal, sal_arrays, sal_data
+    from ulviz.measure.sal import layer_sal, sal_arrays
+    from ulviz.measure.sal_runs import sal_data
     from ulviz.protect.trainset import run_training_data
 
     run = open_run(path)
@@ -98,7 +99,7 @@ def sal_matrix(path: str, setting: dict, epochs: list[int], device: str) -> np.n
 
 def _report(args, epochs, sal, seconds) -> str:
     from ulviz import open_run
-    from ulviz.ud import unlearnable_distance
+    from ulviz.measure.ud import unlearnable_distance
 
     runs = {path: open_run(path) for path in args.runs}
     clean = next(p for p, r in runs.items() if r.config.poison.method == "clean")

@@ -3,7 +3,8 @@ import pandas as pd
 import streamlit as st
 
 from ulviz import plots, ui
-from ulviz.compare import config_fields, filter_runs, group_curves, group_summary, main_axes, runs_frame, varying_fields
+from ulviz.measure.compare import (config_fields, filter_runs, group_curves, group_summary, main_axes, runs_frame,
+                                   varying_fields)
 
 ui.page("Compare runs",
         "Every run as one row of its config fields (method, width, eps, defense, seed, any sweep axis) and results. "

@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from ulviz import plots, ui
-from ulviz.perturbations import (CLASSWISE_AT, LOW_CUTOFF, amplified, radial_profile, run_report, summary_row)
+from ulviz.measure.perturbations import CLASSWISE_AT, LOW_CUTOFF, amplified, radial_profile, run_report, summary_row
 from ulviz.protect.poisons import method_info
 
 ui.page("Perturbations",

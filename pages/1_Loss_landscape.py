@@ -5,7 +5,7 @@ else is computed only when asked, after its cost is shown, and can be cancelled.
 import streamlit as st
 
 from ulviz import plots, ui
-from ulviz.landscape import cached_landscapes
+from ulviz.measure.landscape.runs import cached_landscapes
 from ulviz.store.caches import landscape_cache_path
 
 ui.page("Loss landscape",

@@ -3,7 +3,7 @@ import pandas as pd
 import streamlit as st
 
 from ulviz import plots, ui
-from ulviz.ud import learnable_counts, unlearnable_distance
+from ulviz.measure.ud import learnable_counts, unlearnable_distance
 
 ui.page("Sharpness-Aware Learnability per layer",
         "SAL of a layer: how far its loss can still move (up or down) when only that layer's weights move "

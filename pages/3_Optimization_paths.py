@@ -2,9 +2,9 @@
 import streamlit as st
 
 from ulviz import plots, ui
-from ulviz.landscape import cached_landscapes
+from ulviz.measure.landscape.runs import cached_landscapes
 from ulviz.store.caches import landscape_cache_path
-from ulviz.trajectory import divergence, divergence_summary, layer_path, pca_plane
+from ulviz.measure.trajectory import divergence, divergence_summary, layer_path, pca_plane
 
 ui.page("Optimization paths",
         "Where training took the weights, epoch by epoch, projected on the two directions along which the "

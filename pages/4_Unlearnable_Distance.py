@@ -5,8 +5,9 @@ import pandas as pd
 
 from ulviz import plots, ui
 from ulviz.core.accuracy import accuracy_columns
-from ulviz.sal import describe_sal
-from ulviz.ud import seed_summary, seed_table, study_ud, summary_text
+from ulviz.measure.sal_runs import describe_sal
+from ulviz.measure.seeds import seed_summary, seed_table, summary_text
+from ulviz.measure.ud import study_ud
 
 ui.page("Unlearnable Distance",
         "UD = the number of learnable layers per epoch of a protected run divided by the clean reference's (Ye, "

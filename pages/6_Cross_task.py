@@ -4,7 +4,7 @@ import streamlit as st
 
 from ulviz import plots, ui
 from ulviz.crosstask import crosstask_table
-from ulviz.probe import linear_probe
+from ulviz.measure.probe import linear_probe
 
 ui.page("Cross-task",
         "Unlearnable examples are made against classification. Trained on the same protected images, does a "

@@ -5,8 +5,8 @@ import pandas as pd
 import streamlit as st
 
 from ulviz import plots, ui
-from ulviz.sharpness import (DATA_MEASURES, LABELS, SharpnessConfig, atlas_frames, compute_run_sharpness,
-                             default_epochs, sal_correlations, sharpest_layers, weight_measures)
+from ulviz.measure.sharpness import (DATA_MEASURES, LABELS, SharpnessConfig, atlas_frames, compute_run_sharpness,
+                                     default_epochs, sal_correlations, sharpest_layers, weight_measures)
 from ulviz.store.analyses import read_sharpness
 
 ui.page("Sharpness atlas",

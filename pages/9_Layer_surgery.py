@@ -4,7 +4,7 @@ import streamlit as st
 
 from ulviz import plots, ui
 from ulviz.core.errors import UlvizError
-from ulviz.surgery import OPS, SurgeryConfig, block_transplants, layer_surgery, mean_sal, select_layers
+from ulviz.measure.surgery import OPS, SurgeryConfig, block_transplants, layer_surgery, mean_sal, select_layers
 
 ui.page("Layer surgery",
         "If SAL says some layers are still learnable under a protection and others are not, giving the protected "

@@ -15,7 +15,7 @@ def peak_rss() -> int:
 
 
 def main(spec: dict) -> None:
-    import ulviz.sal as S
+    import ulviz.measure.sal as S
     from ulviz import create_model
     torch.manual_seed(0)
     torch.set_num_threads(1)

@@ -341,7 +341,7 @@ def test_sal_page_one_colour_range_and_the_epoch_window(study, monkeypatch, tmp_
     top = max(float(f.loc[2:3].to_numpy().max()) for f in sal.values())
     assert [f["data"][0]["zmax"] for f in heat] == [pytest.approx(top)] * 2
     # the per-layer table counts only the window's epochs, against the clean run's threshold
-    from ulviz.ud import clean_threshold
+    from ulviz.measure.ud import clean_threshold
     threshold = clean_threshold(sal["clean"].to_numpy())[0]
     table = at.dataframe[0].value
     for name, frame in sal.items():

@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT, tiny_config
 from ulviz import SALConfig, open_run, train
-from ulviz.sharpness import SharpnessConfig, compute_run_sharpness
+from ulviz.measure.sharpness import SharpnessConfig, compute_run_sharpness
 from ulviz.store.analyses import read_sharpness
 
 ATLAS, SURGERY = "pages/8_Sharpness_atlas.py", "pages/9_Layer_surgery.py"
@@ -92,7 +92,7 @@ def test_pages_render_on_the_bundled_demo(page, monkeypatch, tmp_path):
 
 
 def test_weight_measures_from_snapshots_by_hand(study):
-    from ulviz.sharpness import weight_measures
+    from ulviz.measure.sharpness import weight_measures
     run = open_run(study / "random.h5")
     got = weight_measures(run)
     init, last = run.snapshot(0), run.snapshot(run.epochs_done)

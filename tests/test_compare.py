@@ -7,8 +7,8 @@ import pytest
 from scipy import stats
 
 from conftest import tiny_config
-from ulviz.compare import (comparable, curve_band, filter_runs, flat_config, group_summary, main_axes,
-                           varying_fields)
+from ulviz.measure.compare import (comparable, curve_band, filter_runs, flat_config, group_summary, main_axes,
+                                   varying_fields)
 from ulviz.core.errors import UlvizError
 
 

@@ -59,7 +59,7 @@ def test_a_run_on_other_data_is_not_compared_with_this_clean_run(grid, tmp_path)
 
 def test_segment_score_is_the_iou_of_the_final_weights(tmp_path):
     from ulviz import train
-    from ulviz.landscape import run_data, run_model
+    from ulviz.measure.landscape.runs import run_data, run_model
     cfg = replace(tiny_config(epochs=1), data=DataConfig("digits"), model=ModelConfig("fcn", width=4))
     cfg = replace(cfg, train=replace(cfg.train, task="segment"))
     train(cfg, tmp_path / "seg.h5")

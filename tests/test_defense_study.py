@@ -11,7 +11,7 @@ from ulviz.core.config import PoisonConfig
 from ulviz.defense_study import (NONE, defense_label, defense_study, load_study, save_study, study_configs,
                                  study_text)
 from ulviz.core.errors import RunFileError
-from ulviz.ud import unlearnable_distance
+from ulviz.measure.ud import unlearnable_distance
 
 CUTOUT = [{"name": "cutout", "params": {"size": 2}}]
 CUT = "cutout(size=2)"  # its label: the size differs from the default

@@ -163,7 +163,7 @@ def test_ud_compares_a_defended_run_only_with_the_clean_run_under_the_same_defen
     from dataclasses import replace
     from conftest import tiny_config
     from ulviz import SALConfig, train
-    from ulviz.ud import ud_table
+    from ulviz.measure.ud import ud_table
     base = replace(tiny_config(epochs=2), sal=SALConfig(estimator="fast", subset=100))
     defended = replace(base.train, defenses=[{"name": "cutout", "params": {"size": 2}}])
     train(replace(base, name="clean"), tmp_path / "clean.h5")

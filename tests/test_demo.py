@@ -9,7 +9,7 @@ from ulviz import open_run
 from ulviz.cli import main
 from ulviz.demo import demo_configs, demo_study, list_studies, run_stem
 from ulviz.core.errors import UlvizError
-from ulviz.landscape import cached_landscapes
+from ulviz.measure.landscape.runs import cached_landscapes
 from ulviz.store.caches import list_landscapes
 
 
@@ -88,7 +88,8 @@ def test_post_hoc_sal_of_the_bundled_em_class_run_equals_its_stored_row():
     row stored when the demo was made."""
     from ulviz.data.datasets import load_dataset
     from ulviz.models.registry import build_model, weight_layer_names
-    from ulviz.sal import layer_sal, sal_arrays, sal_data, sal_kwargs
+    from ulviz.measure.sal import layer_sal, sal_arrays
+    from ulviz.measure.sal_runs import sal_data, sal_kwargs
     from ulviz.core.config import SALConfig
     from ulviz.protect.trainset import run_training_data
     path = ROOT / "data" / "demo" / "em-class.h5"

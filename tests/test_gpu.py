@@ -9,9 +9,9 @@ from conftest import tiny_config
 from test_landscape import _assert_points_by_hand, _model
 from test_sal import _trained, reference_sal
 from ulviz import PoisonConfig, SALConfig, load_dataset, open_run, train
-from ulviz import landscape as L
+from ulviz.measure.landscape import surfaces
 from ulviz.protect.poisons import make_poison
-from ulviz.sal import layer_sal
+from ulviz.measure.sal import layer_sal
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -45,7 +45,7 @@ def test_all_layers_batched_on_gpu_equals_the_plain_loop_on_cpu(name, width):
 @pytest.mark.parametrize("name, width", [("mlp", 16), ("lenet5", None), ("cnn", 4)])
 def test_plane_on_gpu_equals_hand_loaded_weights_on_cpu(name, width):
     model, x, y = _model(name, width=width)
-    land = L.plane(model, (x, y), resolution=5, span=0.5, seed=3, device="cuda")
+    land = surfaces.plane(model, (x, y), resolution=5, span=0.5, seed=3, device="cuda")
     _assert_points_by_hand(land, model, x, y, [(0, 4), (2, 2), (4, 0), (3, 1)], tol=1e-8)
 
 

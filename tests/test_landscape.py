@@ -8,12 +8,13 @@ import torch
 from torch.nn import functional as F
 
 from ulviz import create_model, load_dataset, train
-from ulviz import landscape as L
+from ulviz.measure.landscape import directions, evaluation, surfaces
+from ulviz.measure.landscape import runs as landscape_runs
 from ulviz.cli import main
 from ulviz.core.errors import UlvizError
 from ulviz.store.caches import list_landscapes
 from ulviz.store.runs import open_run
-from ulviz.trajectory import divergence, layer_path, pca_plane
+from ulviz.measure.trajectory import divergence, layer_path, pca_plane
 
 from conftest import tiny_config
 
@@ -64,10 +65,10 @@ def _identical(model, before):
     ("linear", None, None), ("mlp", 16, None), ("mlp", 16, "vmap"), ("mlp", 16, "loop"),
     ("lenet5", None, None), ("lenet5", None, "vmap"), ("cnn", 4, None)])
 def test_plane_points_equal_hand_loaded_weights(monkeypatch, name, width, mode):
-    monkeypatch.setattr(L, "_FORCE_MODE", mode)
+    monkeypatch.setattr(evaluation, "_FORCE_MODE", mode)
     model, x, y = _model(name, width=width)
     before = _state(model)
-    land = L.plane(model, (x, y), resolution=5, span=0.5, seed=3, batch_size=27)  # 3 batches, 2 padded
+    land = surfaces.plane(model, (x, y), resolution=5, span=0.5, seed=3, batch_size=27)  # 3 batches, 2 padded
     assert _identical(model, before)
     d, e = land.directions
     with torch.no_grad():
@@ -82,31 +83,31 @@ def test_plane_points_equal_hand_loaded_weights(monkeypatch, name, width, mode):
 
 def test_filter_normalization_and_biasbn():
     model, _, _ = _model("cnn", width=4)
-    d = L.random_direction(model, normalization="filter", seed=1)
+    d = directions.random_direction(model, normalization="filter", seed=1)
     for n, w in model.named_parameters():
         if w.dim() > 1:
             assert torch.allclose(d[n].flatten(1).norm(dim=1), w.detach().flatten(1).norm(dim=1).to(d[n].dtype), rtol=1e-6)
         else:  # biases and batch-norm scales/shifts are left out by default
             assert d[n].count_nonzero() == 0
-    kept = L.random_direction(model, seed=1, keep_biasbn=True)
+    kept = directions.random_direction(model, seed=1, keep_biasbn=True)
     for n, w in model.named_parameters():
         if w.dim() <= 1:  # kept, and scaled to the tensor's own norm (zero for a zero-initialised shift)
             assert kept[n].norm().item() == pytest.approx(w.detach().norm().item(), rel=1e-6)
     assert any(kept[n].count_nonzero() for n, w in model.named_parameters() if w.dim() <= 1)
-    layer = L.random_direction(model, normalization="layer", seed=1)
+    layer = directions.random_direction(model, normalization="layer", seed=1)
     for n, w in model.named_parameters():
         if w.dim() > 1:
             assert layer[n].norm().item() == pytest.approx(w.detach().norm().item(), rel=1e-6)
-    only = L.random_direction(model, seed=1, layer="conv1.weight")
+    only = directions.random_direction(model, seed=1, layer="conv1.weight")
     assert [n for n in only if only[n].count_nonzero()] == ["conv1.weight"]
     assert torch.equal(only["conv1.weight"], d["conv1.weight"])  # same seed, same draw for that tensor
     with pytest.raises(UlvizError, match="not a parameter"):
-        L.random_direction(model, layer="nope")
+        directions.random_direction(model, layer="nope")
 
 
 def test_layer_restricted_line_moves_one_tensor():
     model, x, y = _model("lenet5")
-    land = L.line(model, (x, y), resolution=7, layer="fc2.weight", seed=2)
+    land = surfaces.line(model, (x, y), resolution=7, layer="fc2.weight", seed=2)
     (d,) = land.directions
     assert [n for n in d if d[n].count_nonzero()] == ["fc2.weight"]
     for i in (0, 5):
@@ -118,7 +119,7 @@ def test_interpolation_ends_are_the_endpoint_losses():
     a, x, y = _model("mlp", seed=0, width=16)
     b, _, _ = _model("mlp", seed=1, width=16)
     before = _state(a)
-    land = L.interpolation(a, (x, y), a.state_dict(), b.state_dict(), resolution=9, span=(-0.5, 1.5))
+    land = surfaces.interpolation(a, (x, y), a.state_dict(), b.state_dict(), resolution=9, span=(-0.5, 1.5))
     with torch.no_grad():
         la, lb = F.cross_entropy(a(x), y).item(), F.cross_entropy(b(x), y).item()
     assert land.coords[0][2] == 0 and land.coords[0][6] == 1
@@ -128,17 +129,17 @@ def test_interpolation_ends_are_the_endpoint_losses():
 
 
 def test_coarse_points_come_first_and_are_part_of_the_grid():
-    order = L.grid_order(9, 3)
+    order = surfaces.grid_order(9, 3)
     assert sorted(order) == list(range(81))
     assert set(order[:9]) == {r * 9 + c for r in (0, 4, 8) for c in (0, 4, 8)}
     with pytest.raises(UlvizError, match="does not divide"):
-        L.grid_order(9, 4)
+        surfaces.grid_order(9, 4)
     model, x, y = _model("mlp", width=16)
     seen = []
-    full = L.plane(model, (x, y), resolution=9, coarse=3, on_points=lambda idx, l, a: seen.extend(idx))
+    full = surfaces.plane(model, (x, y), resolution=9, coarse=3, on_points=lambda idx, l, a: seen.extend(idx))
     assert set(seen[:9]) == set(order[:9])
-    coarse = L.coarse_view(full, 3)
-    small = L.plane(model, (x, y), resolution=3, directions=full.directions)
+    coarse = surfaces.coarse_view(full, 3)
+    small = surfaces.plane(model, (x, y), resolution=3, directions=full.directions)
     assert np.allclose(coarse.loss, small.loss, atol=1e-12)
 
 
@@ -146,10 +147,10 @@ def test_points_in_any_order_and_chunking_match_the_grid():
     """Rows share their first-direction term (cached per batch): points that come shuffled, in
     chunks that split and revisit rows, over padded batches, must give the grid's values."""
     model, x, y = _model("mlp", width=16)
-    land = L.plane(model, (x, y), resolution=7, span=0.8)
+    land = surfaces.plane(model, (x, y), resolution=7, span=0.8)
     mesh = np.stack([m.ravel() for m in np.meshgrid(*land.coords, indexing="ij")], axis=1)
     order = np.random.default_rng(0).permutation(len(mesh))
-    ev = L._Evaluator(model, L._params(model), land.directions, x, y, batch_size=25,
+    ev = evaluation._Evaluator(model, directions._params(model), land.directions, x, y, batch_size=25,
                       device=torch.device("cpu"), memory_bytes=1)  # one point per chunk at first...
     ev.chunk = 5  # ...then five: chunks with two or three rows each
     loss, acc = ev(torch.from_numpy(mesh[order]))
@@ -159,12 +160,12 @@ def test_points_in_any_order_and_chunking_match_the_grid():
 
 def test_known_points_are_not_recomputed():
     model, x, y = _model("mlp", width=16)
-    full = L.plane(model, (x, y), resolution=5)
+    full = surfaces.plane(model, (x, y), resolution=5)
     done = np.zeros(25, dtype=bool)
     done[:10] = True
     loss = np.where(done, full.loss.ravel(), np.nan)
     seen = []
-    again = L.plane(model, (x, y), resolution=5, known=(loss, full.acc.ravel(), done),
+    again = surfaces.plane(model, (x, y), resolution=5, known=(loss, full.acc.ravel(), done),
                     on_points=lambda idx, l, a: seen.extend(idx))
     assert sorted(seen) == list(range(10, 25))
     assert np.allclose(again.loss, full.loss, atol=1e-12)
@@ -214,15 +215,15 @@ def test_run_landscape_caches_and_resumes(two_runs, tmp_path, monkeypatch):
     path = tmp_path / "run.h5"
     path.write_bytes(two_runs[0].read_bytes())
     run = open_run(path)
-    model = L.run_model(run)
+    model = landscape_runs.run_model(run)
     before = _state(model)
     evaluated = []
-    real_call = L._Evaluator.__call__
+    real_call = evaluation._Evaluator.__call__
 
     def counting(self, coords):
         evaluated.append(len(coords))
         return real_call(self, coords)
-    monkeypatch.setattr(L._Evaluator, "__call__", counting)
+    monkeypatch.setattr(evaluation._Evaluator, "__call__", counting)
 
     class Stop(Exception):
         pass
@@ -230,24 +231,24 @@ def test_run_landscape_caches_and_resumes(two_runs, tmp_path, monkeypatch):
     def stop_after(done, total):
         if done >= 20:
             raise Stop
-    monkeypatch.setattr(L, "_FORCE_MODE", "loop")  # chunks of 32 points: the stop comes after the first
+    monkeypatch.setattr(evaluation, "_FORCE_MODE", "loop")  # chunks of 32 points: the stop comes after the first
     with pytest.raises(Stop):
-        L.run_landscape(path, "plane", resolution=9, progress=stop_after)
-    partial = L.run_landscape(path, "plane", resolution=9, compute=False)
+        landscape_runs.run_landscape(path, "plane", resolution=9, progress=stop_after)
+    partial = landscape_runs.run_landscape(path, "plane", resolution=9, compute=False)
     done = int(np.isfinite(partial.loss).sum())
     assert 0 < done < 81 and partial.settings["complete"] == pytest.approx(done / 81)
     evaluated.clear()
-    full = L.run_landscape(path, "plane", resolution=9)
+    full = landscape_runs.run_landscape(path, "plane", resolution=9)
     assert sum(evaluated) == 81 - done  # only the missing points
-    ref = L.plane(model, L.run_data(run, "test"), resolution=9)
+    ref = surfaces.plane(model, landscape_runs.run_data(run, "test"), resolution=9)
     assert np.allclose(full.loss, ref.loss, atol=1e-6)
     evaluated.clear()
-    again = L.run_landscape(path, "plane", resolution=9)
+    again = landscape_runs.run_landscape(path, "plane", resolution=9)
     assert sum(evaluated) == 0 and np.array_equal(again.loss, full.loss)
     assert _identical(model, before)
     kinds = {s["kind"] for s in list_landscapes(path)}
     assert kinds == {"plane"}
-    interp = L.run_landscape(path, "interp", resolution=5, span=(0, 1))
+    interp = landscape_runs.run_landscape(path, "interp", resolution=5, span=(0, 1))
     assert interp.loss[-1] == pytest.approx(run.metrics["test_loss"].iloc[-1], abs=1e-5)
     assert interp.loss[0] == pytest.approx(run.metrics["test_loss"].iloc[0], abs=1e-5)
 
@@ -267,7 +268,7 @@ def test_cli_landscape_and_paths(two_runs, tmp_path, capsys):
 
 
 def test_classes_major_loss_matches_cross_entropy_and_argmax_even_at_ties():
-    from ulviz.landscape import _loss_and_correct
+    from ulviz.measure.landscape.evaluation import _loss_and_correct
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 3, 5, 40, generator=g)  # (batches, points, classes, samples)
     y = torch.randint(0, 5, (2, 40), generator=g)
@@ -293,8 +294,9 @@ def test_pca_plane_origin_is_the_whole_final_state(tmp_path):
     from dataclasses import replace
     from conftest import tiny_config
     from ulviz import ModelConfig, open_run, train
-    from ulviz.landscape import _surface, run_model
-    from ulviz.trajectory import pca_plane
+    from ulviz.measure.landscape.surfaces import _surface
+    from ulviz.measure.landscape.runs import run_model
+    from ulviz.measure.trajectory import pca_plane
     cfg = replace(tiny_config(epochs=2), model=ModelConfig("cnn", width=4))
     train(cfg, tmp_path / "bn.h5")
     run = open_run(tmp_path / "bn.h5")
@@ -304,7 +306,7 @@ def test_pca_plane_origin_is_the_whole_final_state(tmp_path):
     for n in run.param_names:
         assert torch.equal(plane.origin[n], final[n].float()), n
     model = run_model(run)
-    x, y = L.run_data(run, "test", 64)
+    x, y = landscape_runs.run_data(run, "test", 64)
     land = _surface(model, (x, y), plane.directions, [np.array([0.0]), np.array([0.0])], plane.origin,
                     None, "cpu", None, None, None, None, {})
     expected = torch.nn.functional.cross_entropy(model(x), y).item()
@@ -341,7 +343,7 @@ def _wide_models():
 @pytest.mark.parametrize("channels_last", [True, False])
 @pytest.mark.parametrize("layer", [None, "conv2"])
 def test_cpu_loop_over_conv_points_equals_hand_loaded_weights(monkeypatch, kind, channels_last, layer):
-    monkeypatch.setattr(L, "_CHANNELS_LAST", channels_last)
+    monkeypatch.setattr(evaluation, "_CHANNELS_LAST", channels_last)
     torch.manual_seed(4)
     model = _wide_models()[kind].double().eval()
     x, y = torch.rand(30, 1, 8, 8, dtype=torch.float64), torch.randint(0, 10, (30,))
@@ -349,7 +351,7 @@ def test_cpu_loop_over_conv_points_equals_hand_loaded_weights(monkeypatch, kind,
     # (a ReLU that may run in place on our buffer); on every weight it starts after the stem
     name = None if layer is None else ("2.weight" if kind == "sequential" else "conv.weight")
     before = _state(model)
-    land = L.plane(model, (x, y), resolution=5, span=0.7, seed=2, layer=name, device="cpu")
+    land = surfaces.plane(model, (x, y), resolution=5, span=0.7, seed=2, layer=name, device="cpu")
     assert _identical(model, before)
     with torch.no_grad():
         assert land.loss[2, 2] == pytest.approx(F.cross_entropy(model(x), y).item(), abs=1e-12)
@@ -357,18 +359,18 @@ def test_cpu_loop_over_conv_points_equals_hand_loaded_weights(monkeypatch, kind,
 
 
 def test_channels_last_is_chosen_for_wide_convolutions_only(monkeypatch):
-    monkeypatch.setattr(L, "_CHANNELS_LAST", None)
+    monkeypatch.setattr(evaluation, "_CHANNELS_LAST", None)
     x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
 
     def evaluator(model):
-        dirs = [L.random_direction(model, seed=s) for s in (0, 1)]
-        return L._Evaluator(model, L._params(model), dirs, x, y, batch_size=None, device=torch.device("cpu"),
+        dirs = [directions.random_direction(model, seed=s) for s in (0, 1)]
+        return evaluation._Evaluator(model, directions._params(model), dirs, x, y, batch_size=None, device=torch.device("cpu"),
                             memory_bytes=None)
 
     wide = evaluator(_wide_models()["sequential"].eval())
     assert wide.mode == "loop" and wide.channels_last
     assert wide.rest[3].__class__.__name__ == "_FlattenChannelsLast"  # the flatten before the head
-    assert isinstance(wide.rest[4], L._PaddedLinear)  # 10 outputs computed as 16
+    assert isinstance(wide.rest[4], evaluation._PaddedLinear)  # 10 outputs computed as 16
     assert wide.rest[0].inplace  # the ReLU after the stem runs on our own buffer
     narrow = evaluator(create_model("lenet5", (1, 8, 8), 10).eval())
     assert narrow.mode == "loop" and not narrow.channels_last
@@ -377,7 +379,7 @@ def test_channels_last_is_chosen_for_wide_convolutions_only(monkeypatch):
 def test_padded_linear_is_the_linear():
     torch.manual_seed(0)
     layer = torch.nn.Linear(20, 10).double()
-    padded = L._PaddedLinear(layer)
+    padded = evaluation._PaddedLinear(layer)
     x = torch.randn(7, 20, dtype=torch.float64)
     assert torch.allclose(padded(x), layer(x), atol=1e-14)
     with torch.no_grad():  # the loop writes the wrapped layer's weights: the next call sees them

@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT, tiny_config
 from ulviz import open_run, train
-from ulviz.landscape import cached_landscapes, run_landscape
+from ulviz.measure.landscape.runs import cached_landscapes, run_landscape
 from ulviz.store.runs import find_runs
 from ulviz.store.caches import landscape_cache_path
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from ulviz import perturbations as P
+from ulviz.measure import perturbations as P
 from ulviz.core.errors import UlvizError
 
 

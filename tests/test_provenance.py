@@ -17,7 +17,7 @@ from ulviz.cli import main
 from ulviz.data.datasets import load_dataset
 from ulviz.protect.poisons import make_poison
 from ulviz.core.provenance import data_digest, tensor_digest
-from ulviz.sal import compute_run_sal
+from ulviz.measure.sal_runs import compute_run_sal
 from ulviz.protect.trainset import run_training_data
 from ulviz import verify_run
 
@@ -106,7 +106,7 @@ def test_post_hoc_sal_in_a_fresh_process_with_other_threads_equals_training_sal(
     during = open_run(em_run).sal["sal"]
     # seed only matters with shuffle: other settings, the same numbers, so the rows are recomputed
     script = (f"import torch; torch.set_num_threads(1)\n"
-              f"from ulviz import SALConfig\nfrom ulviz.sal import compute_run_sal\n"
+              f"from ulviz import SALConfig\nfrom ulviz.measure.sal_runs import compute_run_sal\n"
               f"compute_run_sal({str(copy)!r}, SALConfig(estimator='exact', iters=2, subset=48, seed=7))\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "ULVIZ_CACHE_DIR": str(tmp_path / "empty-cache")}
     subprocess.run([sys.executable, "-c", script], env=env, check=True, cwd=tmp_path, timeout=300)

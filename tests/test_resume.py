@@ -20,7 +20,7 @@ CONFIG = replace(tiny_config(epochs=5, batch_size=60), sal=SALConfig(estimator="
 
 KILL = textwrap.dedent("""
     import os, signal, sys
-    import ulviz.training as T, ulviz.sal as S
+    import ulviz.training as T, ulviz.measure.sal_runs as S  # the training callback calls layer_sal from there
     from ulviz import RunConfig
     where, n, calls = sys.argv[2], int(sys.argv[3]), [0]
     def killer(real):

@@ -9,7 +9,8 @@ from torch.nn import functional as F
 
 from conftest import tiny_config
 from ulviz import ModelConfig, SALConfig, UlvizError, UnknownNameError, create_model, load_dataset, open_run, train
-from ulviz.sal import compute_run_sal, layer_sal
+from ulviz.measure.sal_runs import compute_run_sal
+from ulviz.measure.sal import layer_sal
 
 
 def reference_sal(model, x, y, *, iters, lr, eps, batch_size):
@@ -163,7 +164,7 @@ def test_sal_during_training_equals_post_hoc_and_resumes(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         compute_run_sal(tmp_path / "post.h5", sal, device="cpu", progress=stop_after_first)
     assert list(open_run(tmp_path / "post.h5").sal_epochs) == [1]
-    import ulviz.sal as S
+    import ulviz.measure.sal_runs as S  # compute_run_sal calls layer_sal from there
     real, computed = S.layer_sal, []
     monkeypatch.setattr(S, "layer_sal", lambda *a, **k: computed.append(1) or real(*a, **k))
     post = compute_run_sal(tmp_path / "post.h5", sal, device="cpu")
@@ -179,7 +180,7 @@ def test_sal_during_training_equals_post_hoc_and_resumes(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name, width", [("lenet5", None), ("cnn", 4)])
 def test_vmapped_copies_give_the_same_numbers(monkeypatch, name, width):
     """The GPU path (min and max copies in one vmapped call), forced on the CPU."""
-    import ulviz.sal as S
+    import ulviz.measure.sal as S
     model = _trained(name, width=width)
     ds = load_dataset("synthetic", train_limit=100)
     x, y = ds.x_train.double(), ds.y_train
@@ -204,7 +205,7 @@ def test_sal_of_chosen_epochs_only(tmp_path):
 
 
 def test_describe_sal_says_what_was_measured():
-    from ulviz.sal import describe_sal
+    from ulviz.measure.sal_runs import describe_sal
     text = describe_sal(dict(estimator="exact", subset=128, split="train", eps=0.05, iters=10), [2, 4, 8, 12, 16])
     assert text.startswith("exact SAL on the first 128 samples of the data the run trained on")
     assert text.endswith("epochs 2, 4, 8, 12, 16")
@@ -237,7 +238,7 @@ def test_all_layers_batched_equals_the_per_layer_search_float64(name, width, shu
 
 
 def test_batched_search_splits_layers_into_groups_that_fit_the_memory_budget():
-    from ulviz.sal import _layer_groups
+    from ulviz.measure.sal_batched import _layer_groups
     model = _trained("lenet5", epochs=1)
     ds = load_dataset("synthetic", train_limit=64)
     x, y = ds.x_train.double(), ds.y_train
@@ -309,7 +310,7 @@ def test_demo_on_a_gpu_measures_exact_sal_every_epoch_on_the_whole_set():
 def test_channels_last_gives_the_plain_loops_numbers_float64(monkeypatch):
     """The CUDA layout (model and data channels-last), forced on the CPU: both exact paths still
     equal the plain loop."""
-    import ulviz.sal as S
+    import ulviz.measure.sal as S
     model = _trained("cnn", width=4, epochs=1)
     ds = load_dataset("synthetic", train_limit=64)
     x, y = ds.x_train.double(), ds.y_train

@@ -12,8 +12,9 @@ from torch.nn import functional as F
 from conftest import tiny_config
 from ulviz import open_run, train
 from ulviz.core.errors import UlvizError
-from ulviz.sharpness import (SharpnessConfig, adaptive_sharpness, compute_run_sharpness, hutchinson_trace,
-                             layer_sharpness, run_data, sal_correlations, atlas_frames, spearman, top_eigenvalue)
+from ulviz.measure.sharpness import (SharpnessConfig, adaptive_sharpness, compute_run_sharpness, hutchinson_trace,
+                                     layer_sharpness, run_data, sal_correlations, atlas_frames, spearman,
+                                     top_eigenvalue)
 from ulviz.store.analyses import read_sharpness
 
 
@@ -138,7 +139,7 @@ def tiny_run(tmp_path_factory):
 
 
 def test_run_sharpness_is_stored_per_epoch_from_the_training_data_and_resumes(tiny_run, monkeypatch):
-    import ulviz.sharpness as sh
+    import ulviz.measure.sharpness as sh
     cfg = SharpnessConfig(subset=64, power_iters=5, probes=2)
     sharp = compute_run_sharpness(tiny_run, cfg, epochs=[1, 3], device="cpu")
     run = open_run(tiny_run)

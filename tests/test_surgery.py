@@ -10,7 +10,7 @@ from ulviz import ModelConfig, SALConfig, open_run, train
 from ulviz.cli import main
 from ulviz.core.errors import UlvizError
 from ulviz.models.registry import create_model
-from ulviz.surgery import (SurgeryConfig, layer_surgery, layer_tensors, random_layers, select_layers)
+from ulviz.measure.surgery import SurgeryConfig, layer_surgery, layer_tensors, random_layers, select_layers
 
 RANDOM = {"mode": "class", "eps": 0.2}
 

@@ -63,7 +63,7 @@ def test_expansion_names_count_and_dotted_fields(tmp_path):
 def test_a_parameter_axis_skips_the_methods_that_do_not_take_it(tmp_path):
     """clean x em x eps x seed: one clean run per seed, the clean twin of every em run (UD needs
     it), instead of a clean run per eps that could not start."""
-    from ulviz.ud import clean_twin_key
+    from ulviz.measure.seeds import clean_twin_key
     s = _sweep(tmp_path, SWEEP.replace('"poison.method" = ["clean", "random"]',
                                        '"poison.method" = ["clean", "random", "ops"]\n"poison.params.eps" = [0.01, 0.02]'))
     names = [r.name for r in s.runs]

@@ -9,7 +9,7 @@ from torch import nn
 from conftest import tiny_config
 from ulviz import DataConfig, ModelConfig, SALConfig, UlvizError, load_dataset, open_run, train
 from ulviz.cli import main
-from ulviz.probe import fit_probe, linear_probe, penultimate_features
+from ulviz.measure.probe import fit_probe, linear_probe, penultimate_features
 from ulviz.data.tasks import foreground_masks, iou, list_tasks, rotate, task_dataset
 
 
@@ -102,7 +102,7 @@ def test_probe_of_a_run_and_the_cli(tmp_path, capsys):
 
 
 def test_ud_refuses_a_rotation_run_against_a_classification_clean_run(tmp_path):
-    from ulviz.ud import study_ud, ud_table
+    from ulviz.measure.ud import study_ud, ud_table
     sal = SALConfig(estimator="fast", subset=100)
     base = replace(tiny_config(epochs=2), sal=sal)
     train(replace(base, name="clean"), tmp_path / "clean.h5")

@@ -7,7 +7,7 @@ from sklearn.cluster import KMeans
 from conftest import tiny_config
 from ulviz import SALConfig, UlvizError, train
 from ulviz.cli import main
-from ulviz.ud import UDWarning, read_original_log, two_means_midpoint, unlearnable_distance
+from ulviz.measure.ud import UDWarning, read_original_log, two_means_midpoint, unlearnable_distance
 
 
 def test_hand_worked_example():
@@ -149,7 +149,7 @@ def test_cli_ud_refuses_without_or_with_several_clean_runs_unless_named(tmp_path
 
 def test_study_ud_reference_choice_and_runs_without_sal(tmp_path):
     from dataclasses import replace
-    from ulviz.ud import study_ud
+    from ulviz.measure.ud import study_ud
     p = _sal_runs(tmp_path, [("clean0", "clean", 0), ("clean1", "clean", 1), ("noise", "random", 0)])
     train(replace(tiny_config(epochs=1), name="nosal"), tmp_path / "nosal.h5")
     paths = sorted(tmp_path.glob("*.h5"))
@@ -186,7 +186,7 @@ def test_accuracy_never_counts_the_untrained_epoch_0():
 
 
 def test_mean_interval_against_hand_computation():
-    from ulviz.ud import mean_interval
+    from ulviz.measure.seeds import mean_interval
     # [1, 2, 3]: mean 2, sample std 1; t(0.975, 2 dof) = 4.302652729911275 (tables)
     mean, lo, hi = mean_interval([1.0, 2.0, 3.0, np.nan])
     assert mean == 2.0 and hi - mean == pytest.approx(4.302652729911275 / np.sqrt(3))
@@ -200,7 +200,7 @@ def test_mean_interval_against_hand_computation():
 def test_seed_table_and_summary_three_accuracies_against_the_run_files(tmp_path, capsys):
     from ulviz import open_run
     from ulviz.core.accuracy import accuracy_summary
-    from ulviz.ud import seed_summary, seed_table
+    from ulviz.measure.seeds import seed_summary, seed_table
     p = _sal_runs(tmp_path, [("clean-s0", "clean", 0), ("clean-s1", "clean", 1), ("clean-s2", "clean", 2),
                              ("noise-s0", "random", 0), ("noise-s1", "random", 1), ("noise-s2", "random", 2)])
     table = seed_table(list(p.values()))
@@ -225,7 +225,7 @@ def test_seed_table_and_summary_three_accuracies_against_the_run_files(tmp_path,
 
 
 def test_threshold_rules():
-    from ulviz.ud import clean_threshold
+    from ulviz.measure.ud import clean_threshold
     clean = np.array([[0.0, 1.0, 10.0, 11.0], [0.0, 0.0, 2.0, 4.0]])  # the hand-worked example: midpoints 5.5, 1.5
     assert clean_threshold(clean)[0] == pytest.approx(3.5)
     # well-separated clusters: scikit-learn's KMeans finds the same centres, whatever its seed
@@ -247,7 +247,7 @@ def test_twin_pairing_with_two_clean_runs_of_other_widths_in_one_directory(tmp_p
     from ulviz.core.accuracy import accuracy_summary
     from ulviz.crosstask import crosstask_table
     from ulviz.defense_study import defense_study
-    from ulviz.ud import seed_table
+    from ulviz.measure.seeds import seed_table
     paths = []
     for stem, method, width in (("a-clean-wide", "clean", 32), ("b-clean-narrow", "clean", 16), ("c-noise", "random", 16)):
         cfg = tiny_config(epochs=2)

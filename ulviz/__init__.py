@@ -19,17 +19,18 @@ from .models.registry import create_model, list_models, weight_layer_names
 from .protect.poisons import list_methods, make_poison
 from .store.runs import Run, find_runs, open_run
 from .training import EpochContext, TrainResult, evaluate, resume, train
-from .sal import layer_sal
-from .ud import unlearnable_distance
-from .landscape import interpolation, line, plane, run_landscape
-from .trajectory import divergence, pca_plane
+from .measure.sal import layer_sal
+from .measure.ud import unlearnable_distance
+from .measure.landscape.surfaces import interpolation, line, plane
+from .measure.landscape.runs import run_landscape
+from .measure.trajectory import divergence, pca_plane
 from .teaching import ToyConfig, lesson
 from .data.tasks import list_tasks
-from .probe import linear_probe
+from .measure.probe import linear_probe
 from .protect.defenses import list_defenses
 from .defense_study import defense_study
-from .sharpness import SharpnessConfig, compute_run_sharpness, layer_sharpness
-from .surgery import SurgeryConfig, layer_surgery, select_layers
+from .measure.sharpness import SharpnessConfig, compute_run_sharpness, layer_sharpness
+from .measure.surgery import SurgeryConfig, layer_surgery, select_layers
 from .verify import verify_run
 
 __all__ = [

@@ -330,7 +330,7 @@ def _verify(args) -> int:
 
 
 def _sal(args) -> int:
-    from .sal import compute_run_sal
+    from .measure.sal_runs import compute_run_sal
 
     bar = None
     def progress(done, total):
@@ -380,7 +380,7 @@ def _crosstask(args) -> int:
 
 
 def _probe(args) -> int:
-    from .probe import linear_probe
+    from .measure.probe import linear_probe
 
     r = linear_probe(args.run, args.epoch)
     print(f"linear probe of {args.run} at epoch {r.epoch} ({r.features} features, clean images, true classes): "
@@ -389,7 +389,8 @@ def _probe(args) -> int:
 
 
 def _ud(args) -> int:
-    from .ud import choose_clean, load_sal_source, seed_summary, seed_table, summary_text, ud_table
+    from .measure.ud import choose_clean, load_sal_source, ud_table
+    from .measure.seeds import seed_summary, seed_table, summary_text
 
     sources = [load_sal_source(p) for p in args.runs]
     clean = choose_clean(sources, args.clean)
@@ -415,7 +416,7 @@ def _ud(args) -> int:
 
 def _demo(args) -> int:
     from .demo import make_demo
-    from .ud import ud_table
+    from .measure.ud import ud_table
 
     paths = make_demo(args.out, args.epochs, methods=args.methods.split(",") if args.methods else None,
                       study=args.study, device=args.device, only=args.only.split(",") if args.only else None)
@@ -467,7 +468,7 @@ def _landscape(args) -> int:
     import numpy as np
     import pandas as pd
 
-    from .landscape import run_landscape
+    from .measure.landscape.runs import run_landscape
 
     span = None
     if args.range:
@@ -502,7 +503,7 @@ def _paths(args) -> int:
     import pandas as pd
 
     from .store.runs import open_run
-    from .trajectory import divergence, divergence_summary, layer_path, pca_plane
+    from .measure.trajectory import divergence, divergence_summary, layer_path, pca_plane
 
     runs = [open_run(args.run)] + ([open_run(args.other)] if args.other else [])
     plane = layer_path(runs[0], args.layer, runs[1] if args.other else None) if args.layer else pca_plane(runs)
@@ -544,7 +545,7 @@ def _sigterm(signum, frame):
 
 def _sweep(args) -> int:
     from .sweep import load_sweep, run_sweep, status_line, sweep_status, sweep_ud
-    from .ud import summary_text
+    from .measure.seeds import summary_text
 
     sweep = load_sweep(args.file)
     if args.dry_run:
@@ -600,8 +601,8 @@ def main(argv: list[str] | None = None) -> int:
 # -- the sharpness atlas and layer surgery ---------------------------------------------------
 
 def _atlas_parsers(sub) -> None:
-    from .sharpness import MEASURES, SharpnessConfig
-    from .surgery import OPS, SurgeryConfig
+    from .measure.sharpness import MEASURES, SharpnessConfig
+    from .measure.surgery import OPS, SurgeryConfig
 
     c = SharpnessConfig()
     sh = sub.add_parser("sharpness", help="per-layer Hessian eigenvalue and trace, adaptive sharpness and norms of "
@@ -647,7 +648,7 @@ def _epoch_list(text: str | None) -> list[int] | None:
 
 
 def _sharpness(args) -> int:
-    from .sharpness import LABELS, SharpnessConfig, atlas_frames, compute_run_sharpness
+    from .measure.sharpness import LABELS, SharpnessConfig, atlas_frames, compute_run_sharpness
 
     config = SharpnessConfig(tuple(m.strip() for m in args.measures.split(",") if m.strip()), args.subset,
                              args.batch_size, args.power_iters, args.tol, args.probes, args.rho, args.eta,
@@ -665,7 +666,7 @@ def _sharpness(args) -> int:
 
 
 def _surgery(args) -> int:
-    from .surgery import SurgeryConfig, layer_surgery
+    from .measure.surgery import SurgeryConfig, layer_surgery
 
     config = SurgeryConfig(args.op, args.layers, args.epoch, args.steps, args.data, args.seed)
     r = layer_surgery(args.run, args.clean, config, device=args.device)

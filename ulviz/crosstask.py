@@ -32,7 +32,7 @@ def run_grid(configs: dict[str, RunConfig], runs_dir: str | Path, sal=None, sal_
              say: Callable[[str], None] = print) -> list[Path]:
     """Train every config not already complete in `runs_dir`, then its SAL (post hoc, `sal` at
     `sal_epochs`) when asked; returns the run files."""
-    from .sal import compute_run_sal
+    from .measure.sal_runs import compute_run_sal
     from .training import train
     from .verify import reusable_run
 
@@ -66,7 +66,7 @@ def final_iou(run) -> float:
     """Foreground IoU of the run's final weights on its clean test set."""
     import torch
 
-    from .landscape import run_data, run_model
+    from .measure.landscape.runs import run_data, run_model
     from .data.tasks import iou
     model = run_model(run)
     x, y = run_data(run, "test")
@@ -79,9 +79,10 @@ def crosstask_table(paths: Iterable[str | Path], probe: bool = True) -> pd.DataF
     same task trained the same way: data, model and width, recipe, seed, defenses;
     :func:`ulviz.ud.clean_twin_key`), probe accuracy and UD against that twin (NaN where the run
     or its twin has no SAL, or where it has no twin among `paths`)."""
-    from .probe import linear_probe
+    from .measure.probe import linear_probe
     from .store.runs import open_run, run_labels
-    from .ud import clean_twin_key, group_ud
+    from .measure.seeds import clean_twin_key
+    from .measure.ud import group_ud
 
     runs = [open_run(p) for p in paths]
     rows = []

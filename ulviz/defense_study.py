@@ -82,7 +82,8 @@ def defense_study(paths: Iterable[str | Path]) -> DefenseStudy:
     twin has none) get accuracy and ratio, no UD."""
     from .core.errors import UlvizError
     from .store.runs import open_run
-    from .ud import clean_member, clean_twin_key, group_ud
+    from .measure.ud import clean_member, group_ud
+    from .measure.seeds import clean_twin_key
 
     runs = [open_run(p) for p in paths]
     rows = [{"method": r.name, "defense": defense_label(list(r.config.train.defenses)),

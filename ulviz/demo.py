@@ -161,8 +161,8 @@ def make_demo(out: str | Path | None = None, epochs: int | None = None, progress
     the clean run above all, must be there already.
     `device` trains and measures there (see :func:`on_device`: on a GPU, SAL every epoch on the
     whole training set)."""
-    from .landscape import run_landscape
-    from .sal import compute_run_sal
+    from .measure.landscape.runs import run_landscape
+    from .measure.sal_runs import compute_run_sal
     from .training import train
 
     s = on_device(demo_study(study), device)

@@ -394,7 +394,7 @@ def sweep_ud(sweep: Sweep, seed_field: str = "train.seed"):
     its clean twin, the clean run that differs from it only in its protection (same data, model,
     seed, defenses, ...); the summary has the mean and spread (sample std) over seeds of
     accuracy and UD for each variant (the run's axes values without the seed)."""
-    from .ud import seed_summary, seed_table
+    from .measure.seeds import seed_summary, seed_table
 
     done = [run for run in sweep.runs if run_state(run)[0] == "complete"]
     keys = _name_keys(list(sweep.axes))  # as in the run names: method-em_seed-1 -> variant method-em

@@ -22,7 +22,7 @@ from .data.datasets import Dataset, list_datasets, load_dataset
 from .core.devices import compute_device
 from .core.errors import DivergedError, RunFileError, UlvizError, UnknownNameError
 from .models.registry import build_model, list_models, weight_layer_names
-from .sal import sal_callback
+from .measure.sal_runs import sal_callback
 from .models.steps import evaluate, train_epoch
 from .data.tasks import check_task_model
 from .protect.defenses import batch_defense, check_defenses

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core.errors import UlvizError
+from ..core.errors import UlvizError
 
 
 @dataclass

@@ -28,13 +28,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .core.config import _limits, check_numbers
-from .core.devices import compute_device
-from .core.errors import UlvizError, UnknownNameError
-from .models.registry import build_model, create_model
-from .data.recipes import augment_batch
+from ..core.config import _limits, check_numbers
+from ..core.devices import compute_device
+from ..core.errors import UlvizError, UnknownNameError
+from ..models.registry import build_model, create_model
+from ..data.recipes import augment_batch
 from .sharpness import run_data
-from .models.steps import evaluate
+from ..models.steps import evaluate
 
 OPS = ("transplant", "reset", "freeze")
 SAL_RULES = ("sal-top", "sal-bottom", "sal-diff")
@@ -167,7 +167,7 @@ def layer_surgery(protected_path, clean_path=None, config: SurgeryConfig = Surge
                   device=None) -> SurgeryResult:
     """Run `config.op` on the protected run file with the clean run file (needed by transplant,
     freeze and sal-diff) and report the clean-test accuracy."""
-    from .store.runs import open_run
+    from ..store.runs import open_run
 
     check_surgery(config)
     protected = open_run(protected_path)

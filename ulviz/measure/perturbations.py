@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .core.errors import UlvizError
+from ..core.errors import UlvizError
 
 LOW_CUTOFF = 0.25  # "low frequency": radius up to a quarter of the Nyquist radius (a common ISS-style split)
 
@@ -32,8 +32,8 @@ def protected_images(run):
 
     The one place that asks for a run's protected data: the lead switches it to the stored
     protections of ``trainset.run_training_data`` when that exists."""
-    from .protect import trainset
-    from .data.datasets import load_dataset
+    from ..protect import trainset
+    from ..data.datasets import load_dataset
 
     clean = load_dataset(run.config.data)
     if hasattr(trainset, "run_training_data"):  # stored protections, when the run file keeps them

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .core.errors import UlvizError
+from ..core.errors import UlvizError
 
 
 @dataclass
@@ -66,10 +66,10 @@ def fit_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test
 
 def linear_probe(path, epoch: int = -1) -> ProbeResult:
     """The linear probe of the run file at `path` at `epoch` (-1: its last finished one)."""
-    from .landscape import _run_dataset, run_model
-    from .core.provenance import data_digest
-    from .store.runs import open_run
-    from .protect.trainset import check_digest
+    from .landscape.runs import _run_dataset, run_model
+    from ..core.provenance import data_digest
+    from ..store.runs import open_run
+    from ..protect.trainset import check_digest
 
     run = open_run(path)
     last = run.epochs_done

@@ -38,10 +38,10 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
 
-from .core.config import _limits, check_numbers
-from .core.devices import compute_device
-from .core.errors import UlvizError, UnknownNameError
-from .models.registry import build_model, weight_layer_names
+from ..core.config import _limits, check_numbers
+from ..core.devices import compute_device
+from ..core.errors import UlvizError, UnknownNameError
+from ..models.registry import build_model, weight_layer_names
 
 MEASURES = ("eig", "trace", "adaptive", "norm", "dist_init")
 LABELS = {  # how pages and tables name each measure
@@ -242,8 +242,8 @@ def adaptive_sharpness(loss: Callable[[torch.Tensor], float], gradient: Callable
 def run_data(run, protected: bool):
     """The run's task data: its training inputs protected (what it trained on) or clean, and its
     clean test set. The one place sharpness and surgery build a run's data (SAL's rule)."""
-    from .data.datasets import load_dataset
-    from .protect.trainset import run_training_data
+    from ..data.datasets import load_dataset
+    from ..protect.trainset import run_training_data
     return run_training_data(run, load_dataset(run.config.data), protected=protected)
 
 
@@ -268,8 +268,8 @@ def compute_run_sharpness(path, config: SharpnessConfig = SharpnessConfig(), *, 
     epochs that have SAL, else the last) from its snapshots, storing each epoch's row as it is
     done; epochs already stored with the same settings are skipped. Returns
     :func:`ulviz.store.read_sharpness` of the file."""
-    from .store.analyses import append_sharpness_row, prepare_sharpness, read_sharpness
-    from .store.runs import open_run
+    from ..store.analyses import append_sharpness_row, prepare_sharpness, read_sharpness
+    from ..store.runs import open_run
 
     check_config(config)
     run = open_run(path)

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core.errors import UlvizError
-from .ud import SUMMARY_METRICS, mean_interval, seed_table
+from ..core.errors import UlvizError
+from .seeds import SUMMARY_METRICS, mean_interval, seed_table
 
 RESULTS = SUMMARY_METRICS  # acc_final, acc_last, acc_peak, ratio_*, UD: what a group summary averages
 # fields that name or place a run rather than shape its training: never a grouping axis by default
