@@ -12,7 +12,7 @@ from ulviz.measure.compare import comparable
 from ulviz.data.datasets import list_datasets
 from ulviz.core.errors import UlvizError
 from ulviz.jobs import BUILT_IN_DATASETS, JobManager, add_run_file, launch_config, read_run_source
-from ulviz.sweep import status_line, sweep_progress
+from ulviz.studies.sweep import status_line, sweep_progress
 from ulviz.models.registry import list_models
 from ulviz.protect.poisons import list_methods, method_info
 from ulviz.data.recipes import AUGMENTATIONS, list_recipes

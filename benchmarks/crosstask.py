@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from ulviz.crosstask import crosstask_table, grid_configs, run_grid
-from ulviz.demo import DEMO_DIR, demo_study
+from ulviz.studies.crosstask import crosstask_table, grid_configs, run_grid
+from ulviz.studies.demo import DEMO_DIR, demo_study
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,7 @@ trained on and the code revision that wrote it all equal this run's (never on th
 earlier version of this script protected the images twice under the same config). Training runs
 in --workers processes at once: on a GPU the small models leave it mostly idle.
 
-On a CPU the surrogate-based methods use the smaller settings of ulviz.demo.CPU_POISON_SETTINGS;
+On a CPU the surrogate-based methods use the smaller settings of ulviz.studies.demo.CPU_POISON_SETTINGS;
 on a GPU em and tap use their originals' budgets and rem the --rem settings (its original budget is
 GPU-hours even on the subset).
 """
@@ -93,7 +93,7 @@ def main() -> None:
 def _plan(args, seeds):
     """[(config, file stem)] of every (method, seed) run."""
     from ulviz import DataConfig, ModelConfig, PoisonConfig, RunConfig, SALConfig, TrainConfig
-    from ulviz.demo import CPU_POISON_SETTINGS
+    from ulviz.studies.demo import CPU_POISON_SETTINGS
     from ulviz.data.recipes import apply_recipe, default_recipe
 
     model = args.model or ("resnet18" if args.dataset.startswith("cifar") else "lenet5")
@@ -163,8 +163,8 @@ def _train_one(config, path, args):
     """(path, seconds): train (unless an identical run of this code is there), then exact SAL."""
     from ulviz import SALConfig
     from ulviz.measure.sal_runs import compute_run_sal
-    from ulviz.training import train
-    from ulviz.verify import reusable_run
+    from ulviz.train.loop import train
+    from ulviz.train.verify import reusable_run
     start = time.perf_counter()
     if not reusable_run(path, config):  # same config, same code, same input digests
         train(config, path, overwrite=True)

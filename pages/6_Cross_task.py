@@ -3,7 +3,7 @@ the protection was made against?"""
 import streamlit as st
 
 from ulviz import plots, ui
-from ulviz.crosstask import crosstask_table
+from ulviz.studies.crosstask import crosstask_table
 from ulviz.measure.probe import linear_probe
 
 ui.page("Cross-task",

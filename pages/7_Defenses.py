@@ -2,7 +2,7 @@
 import streamlit as st
 
 from ulviz import plots, ui
-from ulviz.defense_study import NONE, bundled_study_path, defense_study, load_study
+from ulviz.studies.defense_study import NONE, bundled_study_path, defense_study, load_study
 
 ui.page("Defenses",
         "A trainer facing unlearnable examples can defend: JPEG compression, grayscale, ISS, strong augmentation "

@@ -17,7 +17,7 @@ from streamlit.testing.v1 import AppTest
 from conftest import ROOT, tiny_config
 from ulviz import SALConfig, open_run, train
 from ulviz.jobs import UPLOAD_LIMIT, Job, JobManager, add_run_file, inside
-from ulviz.processes import safe_name
+from ulviz.studies.processes import safe_name
 from ulviz.core.errors import UlvizError
 
 PAGES = ["pages/1_Loss_landscape.py", "pages/2_SAL.py", "pages/3_Optimization_paths.py",

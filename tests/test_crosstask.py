@@ -7,7 +7,7 @@ import torch
 
 from conftest import ROOT, tiny_config
 from ulviz import DataConfig, ModelConfig, PoisonConfig, SALConfig, open_run
-from ulviz.crosstask import crosstask_table, grid_configs, run_grid, task_score
+from ulviz.studies.crosstask import crosstask_table, grid_configs, run_grid, task_score
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ from streamlit.testing.v1 import AppTest
 from conftest import ROOT, tiny_config
 from ulviz import SALConfig, open_run, train
 from ulviz.core.config import PoisonConfig
-from ulviz.defense_study import (NONE, defense_label, defense_study, load_study, save_study, study_configs,
-                                 study_text)
+from ulviz.studies.defense_study import (NONE, defense_label, defense_study, load_study, save_study, study_configs,
+                                         study_text)
 from ulviz.core.errors import RunFileError
 from ulviz.measure.ud import unlearnable_distance
 
@@ -87,7 +87,7 @@ def test_summary_round_trip_and_foreign_files(grid, tmp_path):
 
 
 def test_page_on_defended_runs_and_on_the_bundled_study(grid, tmp_path, monkeypatch):
-    from ulviz.defense_study import bundled_study_path
+    from ulviz.studies.defense_study import bundled_study_path
     monkeypatch.chdir(ROOT)
     monkeypatch.setenv("ULVIZ_DATA_DIR", str(grid))
     at = AppTest.from_file(str(ROOT / "pages/7_Defenses.py"), default_timeout=120).run()

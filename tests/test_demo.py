@@ -7,7 +7,7 @@ import pytest
 from conftest import ROOT
 from ulviz import open_run
 from ulviz.cli import main
-from ulviz.demo import demo_configs, demo_study, list_studies, run_stem
+from ulviz.studies.demo import demo_configs, demo_study, list_studies, run_stem
 from ulviz.core.errors import UlvizError
 from ulviz.measure.landscape.runs import cached_landscapes
 from ulviz.store.caches import list_landscapes

@@ -11,7 +11,7 @@ import torch
 
 from conftest import tiny_config
 from ulviz import open_run, train
-from ulviz.demo import DEMO_DIR
+from ulviz.studies.demo import DEMO_DIR
 from ulviz.core.errors import UlvizError
 from ulviz.jobs import Job, JobManager, launch_config, read_run_source
 from ulviz.store.runs import RunWriter, run_labels, rename_run
@@ -64,7 +64,7 @@ def test_delete_run_refusals_and_success(tmp_path, tiny_run, monkeypatch):
     bundle = tmp_path / "demo"
     bundle.mkdir()
     (bundle / "clean.h5").write_bytes(tiny_run.read_bytes())
-    monkeypatch.setattr("ulviz.demo.DEMO_DIR", bundle)
+    monkeypatch.setattr("ulviz.studies.demo.DEMO_DIR", bundle)
     with pytest.raises(UlvizError, match="bundled demo"):
         jobs.delete_run(bundle / "clean.h5")
     assert (bundle / "clean.h5").exists()

@@ -299,7 +299,7 @@ def test_exact_sal_on_50000_images_streams_within_its_budget(batched):
 
 
 def test_demo_on_a_gpu_measures_exact_sal_every_epoch_on_the_whole_set():
-    from ulviz.demo import demo_configs, demo_study, on_device
+    from ulviz.studies.demo import demo_configs, demo_study, on_device
     cpu, gpu = demo_study("cifar10"), on_device(demo_study("cifar10"), "cuda")
     assert cpu.sal.subset == 128 and cpu.sal_epochs(16) == [2, 4, 8, 12, 16]  # what 2 cores afford
     assert gpu.sal.estimator == "exact" and gpu.sal.subset is None and gpu.sal_epochs(16) == list(range(1, 17))

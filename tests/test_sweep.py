@@ -12,7 +12,7 @@ import pytest
 from conftest import ROOT, tiny_config
 from ulviz import open_run, train
 from ulviz.core.errors import UlvizError
-from ulviz.sweep import load_sweep, parse_sweep, run_sweep, run_state, sweep_ud, todo
+from ulviz.studies.sweep import load_sweep, parse_sweep, run_sweep, run_state, sweep_ud, todo
 
 SWEEP = """
 out = "runs/study"

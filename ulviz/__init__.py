@@ -18,7 +18,7 @@ from .core.errors import DataError, DivergedError, RunFileError, UlvizError, Unk
 from .models.registry import create_model, list_models, weight_layer_names
 from .protect.poisons import list_methods, make_poison
 from .store.runs import Run, find_runs, open_run
-from .training import EpochContext, TrainResult, evaluate, resume, train
+from .train.loop import EpochContext, TrainResult, evaluate, resume, train
 from .measure.sal import layer_sal
 from .measure.ud import unlearnable_distance
 from .measure.landscape.surfaces import interpolation, line, plane
@@ -28,10 +28,10 @@ from .teaching import ToyConfig, lesson
 from .data.tasks import list_tasks
 from .measure.probe import linear_probe
 from .protect.defenses import list_defenses
-from .defense_study import defense_study
+from .studies.defense_study import defense_study
 from .measure.sharpness import SharpnessConfig, compute_run_sharpness, layer_sharpness
 from .measure.surgery import SurgeryConfig, layer_surgery, select_layers
-from .verify import verify_run
+from .train.verify import verify_run
 
 __all__ = [
     "__version__",

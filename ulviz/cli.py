@@ -233,7 +233,7 @@ def _sal_config(args, estimator: str) -> SALConfig:
 
 
 def _train(args) -> int:
-    from .training import resume, train
+    from .train.loop import resume, train
 
     if args.resume:
         return _report(resume(args.resume, progress=not args.quiet), args.resume)
@@ -322,7 +322,7 @@ def _provenance_lines(run) -> list[str]:
 
 
 def _verify(args) -> int:
-    from .verify import verify_run
+    from .train.verify import verify_run
 
     report = verify_run(args.run, args.epochs, args.tolerance, args.threads)
     print(report.text())
@@ -359,7 +359,7 @@ def _sal(args) -> int:
 
 
 def _crosstask(args) -> int:
-    from .crosstask import crosstask_table, grid_configs, run_grid
+    from .studies.crosstask import crosstask_table, grid_configs, run_grid
 
     base = RunConfig(name="clean", data=DataConfig(args.dataset, args.data_dir),
                      model=ModelConfig(args.model, args.width),
@@ -415,7 +415,7 @@ def _ud(args) -> int:
 
 
 def _demo(args) -> int:
-    from .demo import make_demo
+    from .studies.demo import make_demo
     from .measure.ud import ud_table
 
     paths = make_demo(args.out, args.epochs, methods=args.methods.split(",") if args.methods else None,
@@ -544,7 +544,7 @@ def _sigterm(signum, frame):
 
 
 def _sweep(args) -> int:
-    from .sweep import load_sweep, run_sweep, status_line, sweep_status, sweep_ud
+    from .studies.sweep import load_sweep, run_sweep, status_line, sweep_status, sweep_ud
     from .measure.seeds import summary_text
 
     sweep = load_sweep(args.file)

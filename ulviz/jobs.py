@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .core.config import RunConfig
 from .core.errors import UlvizError
-from .processes import safe_name, worker_env
+from .studies.processes import safe_name, worker_env
 
 
 def inside(directory: str | Path, path: str | Path) -> Path:
@@ -89,7 +89,7 @@ def launch_config(name: str, dataset: str, model: str, method: str, *, params_te
     directory, where a relative path would point elsewhere)."""
     from .core.config import DataConfig, ModelConfig, PoisonConfig, SALConfig, TrainConfig, parse_param
     from .data.recipes import apply_recipe, default_recipe
-    from .training import check_config
+    from .train.loop import check_config
 
     params = dict(parse_param(item) for item in params_text.split(",") if item.strip())
     files = None
@@ -173,7 +173,7 @@ class JobManager:
         The file is kept as ``<data dir>/sweeps/<name>.toml``; its ``out`` must lie inside the data
         directory, so the dashboard sees the runs. A sweep already in progress over the same
         output directory is refused; a finished one may be launched again (it resumes)."""
-        from .sweep import parse_sweep
+        from .studies.sweep import parse_sweep
 
         name = safe_name(name)
         file = inside(self.data_dir, self.data_dir / "sweeps" / f"{name}.toml")
@@ -244,7 +244,7 @@ class JobManager:
         return rename_run(self._own_run_file(path), name)
 
     def _own_run_file(self, path: str | Path) -> Path:
-        from .demo import DEMO_DIR
+        from .studies.demo import DEMO_DIR
         from .store.runs import open_run
 
         target = inside(self.data_dir, path)

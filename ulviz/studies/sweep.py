@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .core.config import RunConfig
-from .core.errors import UlvizError
+from ..core.config import RunConfig
+from ..core.errors import UlvizError
 from .processes import safe_name, worker_env
 
 PLAN = "sweep-plan.json"
@@ -114,7 +114,7 @@ def expand(base: dict, axes: dict, out: Path) -> list[PlannedRun]:
     ``poison.params.eps`` plans one clean run per seed (the clean twin of every em run) instead of
     refusing the grid. Runs that become the same that way are planned once. A parameter no method
     of the grid takes is still refused, so a typo is not dropped silently."""
-    from .training import check_config
+    from ..train.loop import check_config
 
     fields = list(axes)
     keys = _name_keys(fields)
@@ -156,14 +156,14 @@ def _method(d: dict) -> str | None:
 
 def _params_taken(methods: set) -> set:
     """The parameters at least one of `methods` takes (unknown names are check_config's to refuse)."""
-    from .protect.poisons import list_methods, method_info
+    from ..protect.poisons import list_methods, method_info
     return {k for m in methods if m in list_methods() for k in method_info(m).defaults}
 
 
 def _without_untaken(d: dict, values: dict, taken: set) -> dict:
     """Drop from `d` the method parameters its method does not take but another method of the
     grid does; returns `values` without the axes of the dropped ones (for the run's name)."""
-    from .protect.poisons import list_methods, method_info
+    from ..protect.poisons import list_methods, method_info
     poison, method = d.get("poison"), _method(d)
     if not isinstance(poison, dict) or not isinstance(poison.get("params"), dict) or method not in list_methods():
         return values
@@ -180,7 +180,7 @@ def _with_recipe(config: RunConfig, train: dict) -> RunConfig:
     fields the file gives explicitly; without it, the file's fields over TrainConfig's defaults."""
     from dataclasses import replace
 
-    from .data.recipes import apply_recipe
+    from ..data.recipes import apply_recipe
     if "recipe" not in train:
         return config
     given = {k: v for k, v in train.items() if k not in ("recipe",)}
@@ -221,7 +221,7 @@ def _set_dotted(d: dict, field: str, value: Any) -> None:
 def run_state(run: PlannedRun) -> tuple[str, int]:
     """(state, epochs done) of a planned run from its file: pending (no file), running (its writer
     lives), interrupted (resumable), complete, or failed (failed, diverged, or a damaged file)."""
-    from .store.runs import open_run
+    from ..store.runs import open_run
     if not run.path.exists():
         return "pending", 0
     try:
@@ -380,8 +380,8 @@ def _run_ray(sweep: Sweep, work: list, address: str | None, say, poll_s: float) 
 
 def _ray_train(config_json: str, path: str, resume: bool) -> str:
     """One run inside a Ray worker: train (or resume) into `path`; returns the final status."""
-    from .training import resume as resume_run
-    from .training import train
+    from ..train.loop import resume as resume_run
+    from ..train.loop import train
     if resume:
         return resume_run(path).status
     return train(RunConfig.from_json(config_json), path, overwrite=True).status
@@ -394,7 +394,7 @@ def sweep_ud(sweep: Sweep, seed_field: str = "train.seed"):
     its clean twin, the clean run that differs from it only in its protection (same data, model,
     seed, defenses, ...); the summary has the mean and spread (sample std) over seeds of
     accuracy and UD for each variant (the run's axes values without the seed)."""
-    from .measure.seeds import seed_summary, seed_table
+    from ..measure.seeds import seed_summary, seed_table
 
     done = [run for run in sweep.runs if run_state(run)[0] == "complete"]
     keys = _name_keys(list(sweep.axes))  # as in the run names: method-em_seed-1 -> variant method-em

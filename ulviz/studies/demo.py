@@ -28,11 +28,11 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .core.config import DataConfig, ModelConfig, PoisonConfig, RunConfig, SALConfig, TrainConfig
-from .core.errors import UlvizError, UnknownNameError
-from .data.recipes import apply_recipe
+from ..core.config import DataConfig, ModelConfig, PoisonConfig, RunConfig, SALConfig, TrainConfig
+from ..core.errors import UlvizError, UnknownNameError
+from ..data.recipes import apply_recipe
 
-DATA_ROOT = Path(__file__).resolve().parent.parent / "data"
+DATA_ROOT = Path(__file__).resolve().parents[2] / "data"  # the checkout's data/ (this file is ulviz/studies/demo.py)
 DEMO_DIR = DATA_ROOT / "demo"  # the bundled study, read-only for the dashboard
 
 # What two CPU cores afford for the surrogate-based methods (the originals' budgets are GPU-hours
@@ -161,9 +161,9 @@ def make_demo(out: str | Path | None = None, epochs: int | None = None, progress
     the clean run above all, must be there already.
     `device` trains and measures there (see :func:`on_device`: on a GPU, SAL every epoch on the
     whole training set)."""
-    from .measure.landscape.runs import run_landscape
-    from .measure.sal_runs import compute_run_sal
-    from .training import train
+    from ..measure.landscape.runs import run_landscape
+    from ..measure.sal_runs import compute_run_sal
+    from ..train.loop import train
 
     s = on_device(demo_study(study), device)
     out = Path(out) if out is not None else s.out

@@ -16,9 +16,9 @@ from typing import Callable, Iterable
 import numpy as np
 import pandas as pd
 
-from .core.accuracy import LAST_K, accuracy_summary
-from .core.config import PoisonConfig, RunConfig
-from .core.errors import UlvizError
+from ..core.accuracy import LAST_K, accuracy_summary
+from ..core.config import PoisonConfig, RunConfig
+from ..core.errors import UlvizError
 
 
 def grid_configs(base: RunConfig, methods: dict[str, PoisonConfig], tasks: Iterable[str]) -> dict[str, RunConfig]:
@@ -32,9 +32,9 @@ def run_grid(configs: dict[str, RunConfig], runs_dir: str | Path, sal=None, sal_
              say: Callable[[str], None] = print) -> list[Path]:
     """Train every config not already complete in `runs_dir`, then its SAL (post hoc, `sal` at
     `sal_epochs`) when asked; returns the run files."""
-    from .measure.sal_runs import compute_run_sal
-    from .training import train
-    from .verify import reusable_run
+    from ..measure.sal_runs import compute_run_sal
+    from ..train.loop import train
+    from ..train.verify import reusable_run
 
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -55,7 +55,7 @@ def run_grid(configs: dict[str, RunConfig], runs_dir: str | Path, sal=None, sal_
 def task_score(run) -> tuple[str, float]:
     """(metric name, value) of a run on clean test data: accuracy averaged over its last epochs,
     or for segment the foreground IoU of its final weights."""
-    from .data.tasks import get_task
+    from ..data.tasks import get_task
     task = get_task(run.config.train.task)
     if task.metric == "IoU":
         return "IoU", final_iou(run)
@@ -66,8 +66,8 @@ def final_iou(run) -> float:
     """Foreground IoU of the run's final weights on its clean test set."""
     import torch
 
-    from .measure.landscape.runs import run_data, run_model
-    from .data.tasks import iou
+    from ..measure.landscape.runs import run_data, run_model
+    from ..data.tasks import iou
     model = run_model(run)
     x, y = run_data(run, "test")
     with torch.no_grad():
@@ -79,10 +79,10 @@ def crosstask_table(paths: Iterable[str | Path], probe: bool = True) -> pd.DataF
     same task trained the same way: data, model and width, recipe, seed, defenses;
     :func:`ulviz.ud.clean_twin_key`), probe accuracy and UD against that twin (NaN where the run
     or its twin has no SAL, or where it has no twin among `paths`)."""
-    from .measure.probe import linear_probe
-    from .store.runs import open_run, run_labels
-    from .measure.seeds import clean_twin_key
-    from .measure.ud import group_ud
+    from ..measure.probe import linear_probe
+    from ..store.runs import open_run, run_labels
+    from ..measure.seeds import clean_twin_key
+    from ..measure.ud import group_ud
 
     runs = [open_run(p) for p in paths]
     rows = []

@@ -17,9 +17,9 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from .core.config import PoisonConfig, RunConfig
-from .core.accuracy import LAST_K, accuracy_summary
-from .protect.defenses import get_defense
+from ..core.config import PoisonConfig, RunConfig
+from ..core.accuracy import LAST_K, accuracy_summary
+from ..protect.defenses import get_defense
 
 NONE = "none"  # the label of training without any defense
 
@@ -80,10 +80,10 @@ def defense_study(paths: Iterable[str | Path]) -> DefenseStudy:
     Each run's ratio and UD are against its clean twin (:func:`ulviz.ud.clean_twin_key`: the
     clean run trained the same way, under the same defenses). Runs without SAL (or whose clean
     twin has none) get accuracy and ratio, no UD."""
-    from .core.errors import UlvizError
-    from .store.runs import open_run
-    from .measure.ud import clean_member, group_ud
-    from .measure.seeds import clean_twin_key
+    from ..core.errors import UlvizError
+    from ..store.runs import open_run
+    from ..measure.ud import clean_member, group_ud
+    from ..measure.seeds import clean_twin_key
 
     runs = [open_run(p) for p in paths]
     rows = [{"method": r.name, "defense": defense_label(list(r.config.train.defenses)),
@@ -133,14 +133,14 @@ def study_text(study: DefenseStudy) -> str:
 
 def save_study(study: DefenseStudy, path: str | Path, note: str = "") -> Path:
     """Keep a finished study's tables (no run files needed to show it again)."""
-    from .store.tables import write_tables
+    from ..store.tables import write_tables
     notes = pd.DataFrame({"note": study.notes}, columns=["note"])
     return write_tables(path, "defense-study", {"table": study.table, "per_layer": study.per_layer, "notes": notes}, note)
 
 
 def load_study(path: str | Path) -> tuple[DefenseStudy, str]:
     """A study kept by :func:`save_study`, and its note (how it was made)."""
-    from .store.tables import read_tables
+    from ..store.tables import read_tables
     tables, note = read_tables(path, "defense-study")
     return DefenseStudy(tables["table"], tables["per_layer"], list(tables["notes"]["note"])), note
 

@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.datasets import load_dataset
-from .core.errors import UlvizError
-from .core.provenance import RESULT_FIELDS, data_digest, environment
-from .store.runs import open_run
-from .training import replay
-from .protect.trainset import protected_images
+from ..data.datasets import load_dataset
+from ..core.errors import UlvizError
+from ..core.provenance import RESULT_FIELDS, data_digest, environment
+from ..store.runs import open_run
+from .loop import replay
+from ..protect.trainset import protected_images
 
 COMPARED = ("train_loss", "train_acc", "test_loss", "test_acc", "lr")  # `seconds` is the machine's, not the run's
 
@@ -86,7 +86,7 @@ def _environment(run, report: Verification) -> None:
 
 
 def _device_here() -> str:
-    from .core.devices import select_device
+    from ..core.devices import select_device
     return str(select_device())
 
 
@@ -164,7 +164,7 @@ def reusable_run(path: str | Path, config) -> bool:
     earlier benchmark trained on images protected twice under the same config."""
     from dataclasses import replace
 
-    from .core.provenance import code_digest
+    from ..core.provenance import code_digest
     try:
         run = open_run(path)
     except UlvizError:

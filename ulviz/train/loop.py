@@ -17,18 +17,18 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .core.config import RunConfig, check_numbers
-from .data.datasets import Dataset, list_datasets, load_dataset
-from .core.devices import compute_device
-from .core.errors import DivergedError, RunFileError, UlvizError, UnknownNameError
-from .models.registry import build_model, list_models, weight_layer_names
-from .measure.sal_runs import sal_callback
-from .models.steps import evaluate, train_epoch
-from .data.tasks import check_task_model
-from .protect.defenses import batch_defense, check_defenses
-from .core.provenance import environment, fixed_threads
-from .protect.trainset import run_training_data, training_set
-from .store.runs import RunWriter, check_new_run_path, open_run, reopen_for_resume
+from ..core.config import RunConfig, check_numbers
+from ..data.datasets import Dataset, list_datasets, load_dataset
+from ..core.devices import compute_device
+from ..core.errors import DivergedError, RunFileError, UlvizError, UnknownNameError
+from ..models.registry import build_model, list_models, weight_layer_names
+from ..measure.sal_runs import sal_callback
+from ..models.steps import evaluate, train_epoch
+from ..data.tasks import check_task_model
+from ..protect.defenses import batch_defense, check_defenses
+from ..core.provenance import environment, fixed_threads
+from ..protect.trainset import run_training_data, training_set
+from ..store.runs import RunWriter, check_new_run_path, open_run, reopen_for_resume
 
 __all__ = ["EpochContext", "TrainResult", "build_model", "evaluate", "lr_at", "make_optimizer", "replay", "resume",
            "train", "train_epoch"]
@@ -171,7 +171,7 @@ def check_config(config: RunConfig) -> None:
     """Refuse an unknown dataset, model, method, budget, task or defense in `config`, or a method
     or defense parameter it does not take or of the wrong type: one clear error before anything
     loads or a run file is written (the sweep planner checks every run of its grid with this)."""
-    from .protect.poisons import list_budgets, resolve_params
+    from ..protect.poisons import list_budgets, resolve_params
     if config.data.name not in list_datasets():
         raise UnknownNameError("dataset", config.data.name, list_datasets())
     if config.model.name not in list_models():

@@ -10,7 +10,7 @@ import os
 import re
 from pathlib import Path
 
-from .core.errors import UlvizError
+from ..core.errors import UlvizError
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -27,5 +27,5 @@ def safe_name(name: str, max_len: int = 64) -> str:
 def worker_env() -> dict[str, str]:
     """The environment of a worker process (a job, a sweep's run): ours, with the package this
     process runs from importable even where it is not installed."""
-    package_root = str(Path(__file__).resolve().parents[1])
+    package_root = str(Path(__file__).resolve().parents[2])  # the folder holding ulviz/ (this is ulviz/studies/processes.py)
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
