@@ -6,12 +6,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from ulviz import plots, ui
+from ulviz.app import plots, ui
 from ulviz.core.accuracy import accuracy_columns
 from ulviz.measure.compare import comparable
 from ulviz.data.datasets import list_datasets
 from ulviz.core.errors import UlvizError
-from ulviz.jobs import BUILT_IN_DATASETS, JobManager, add_run_file, launch_config, read_run_source
+from ulviz.app.jobs import BUILT_IN_DATASETS, JobManager, add_run_file, launch_config, read_run_source
 from ulviz.studies.sweep import status_line, sweep_progress
 from ulviz.models.registry import list_models
 from ulviz.protect.poisons import list_methods, method_info

@@ -20,7 +20,7 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 import ulviz  # noqa: F401  (imports torch and the library, as a running server already has)
-from ulviz import plots  # noqa: F401
+from ulviz.app import plots  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["app.py", "pages/1_Loss_landscape.py", "pages/2_SAL.py", "pages/3_Optimization_paths.py",

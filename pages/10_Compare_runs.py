@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from ulviz import plots, ui
+from ulviz.app import plots, ui
 from ulviz.measure.compare import (config_fields, filter_runs, group_curves, group_summary, main_axes, runs_frame,
                                    varying_fields)
 

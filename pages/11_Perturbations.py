@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from ulviz import plots, ui
+from ulviz.app import plots, ui
 from ulviz.measure.perturbations import CLASSWISE_AT, LOW_CUTOFF, amplified, radial_profile, run_report, summary_row
 from ulviz.protect.poisons import method_info
 

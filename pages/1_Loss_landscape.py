@@ -4,7 +4,7 @@ What is cached (in the run file, or in the data directory's landscape cache) sho
 else is computed only when asked, after its cost is shown, and can be cancelled."""
 import streamlit as st
 
-from ulviz import plots, ui
+from ulviz.app import plots, ui
 from ulviz.measure.landscape.runs import cached_landscapes
 from ulviz.store.caches import landscape_cache_path
 

@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from ulviz import plots, ui
+from ulviz.app import plots, ui
 from ulviz.measure.ud import learnable_counts, unlearnable_distance
 
 ui.page("Sharpness-Aware Learnability per layer",

@@ -1,7 +1,7 @@
 """Optimization paths: PCA of the weight paths, clean and protected on one plane, per layer."""
 import streamlit as st
 
-from ulviz import plots, ui
+from ulviz.app import plots, ui
 from ulviz.measure.landscape.runs import cached_landscapes
 from ulviz.store.caches import landscape_cache_path
 from ulviz.measure.trajectory import divergence, divergence_summary, layer_path, pca_plane

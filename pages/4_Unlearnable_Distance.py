@@ -3,7 +3,7 @@ import streamlit as st
 
 import pandas as pd
 
-from ulviz import plots, ui
+from ulviz.app import plots, ui
 from ulviz.core.accuracy import accuracy_columns
 from ulviz.measure.sal_runs import describe_sal
 from ulviz.measure.seeds import seed_summary, seed_table, summary_text

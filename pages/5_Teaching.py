@@ -1,8 +1,8 @@
 """Teaching: unlearnable examples on a model with two weights, where the plane is the whole weight space."""
 import streamlit as st
 
-from ulviz import plots, ui
-from ulviz.teaching import ToyConfig, binomial_se, expected_accuracy, lesson
+from ulviz.app import plots, ui
+from ulviz.app.teaching import ToyConfig, binomial_se, expected_accuracy, lesson
 
 ui.page("Teaching: a two-weight loss landscape",
         "Logistic regression with two weights and no bias, so the plane below is the whole weight space and "

@@ -2,7 +2,7 @@
 the protection was made against?"""
 import streamlit as st
 
-from ulviz import plots, ui
+from ulviz.app import plots, ui
 from ulviz.studies.crosstask import crosstask_table
 from ulviz.measure.probe import linear_probe
 

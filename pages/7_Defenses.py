@@ -1,7 +1,7 @@
 """Defenses: does a protection survive a trainer who defends, and which layers come back?"""
 import streamlit as st
 
-from ulviz import plots, ui
+from ulviz.app import plots, ui
 from ulviz.studies.defense_study import NONE, bundled_study_path, defense_study, load_study
 
 ui.page("Defenses",

@@ -4,7 +4,7 @@ from functools import partial
 import pandas as pd
 import streamlit as st
 
-from ulviz import plots, ui
+from ulviz.app import plots, ui
 from ulviz.measure.sharpness import (DATA_MEASURES, LABELS, SharpnessConfig, atlas_frames, compute_run_sharpness,
                                      default_epochs, sal_correlations, sharpest_layers, weight_measures)
 from ulviz.store.analyses import read_sharpness

@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from ulviz import plots, ui
+from ulviz.app import plots, ui
 from ulviz.core.errors import UlvizError
 from ulviz.measure.surgery import OPS, SurgeryConfig, block_transplants, layer_surgery, mean_sal, select_layers
 

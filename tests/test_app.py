@@ -16,7 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT, tiny_config
 from ulviz import SALConfig, open_run, train
-from ulviz.jobs import UPLOAD_LIMIT, Job, JobManager, add_run_file, inside
+from ulviz.app.jobs import UPLOAD_LIMIT, Job, JobManager, add_run_file, inside
 from ulviz.studies.processes import safe_name
 from ulviz.core.errors import UlvizError
 
@@ -129,7 +129,7 @@ def test_ud_page_table_and_download(study, monkeypatch, tmp_path):
 
 
 def test_every_chart_has_its_export_buttons(study, monkeypatch, tmp_path):
-    from ulviz import plots
+    from ulviz.app import plots
 
     shutil.copytree(study, tmp_path / "s")
     at = _app("pages/2_SAL.py", tmp_path / "s", monkeypatch).run()

@@ -205,7 +205,7 @@ def _download(page, label: str) -> bytes:
 
 def _check_exports(page) -> None:
     """The first chart's exports: its data as CSV, and (where kaleido finds a browser) a vector SVG."""
-    from ulviz import plots
+    from ulviz.app import plots
 
     csv = _download(page, "CSV").decode("utf-8")
     assert csv.splitlines()[0].count(",") >= 2 and len(csv.splitlines()) > 2, csv[:200]
@@ -360,7 +360,7 @@ def test_open_page_does_not_slow_a_job(server, browser):
 def test_runs_table_shows_a_finished_job_without_a_reload(server, browser):
     """A job launched from the dashboard's job manager while the home page is open: once it ends,
     the runs section (outside the jobs fragment) counts its run, with no reload of the page."""
-    from ulviz.jobs import JobManager, launch_config
+    from ulviz.app.jobs import JobManager, launch_config
     from ulviz.store.runs import find_runs
 
     context = browser.new_context(viewport={"width": 1400, "height": 1000})

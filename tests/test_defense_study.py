@@ -108,7 +108,7 @@ def test_page_on_defended_runs_and_on_the_bundled_study(grid, tmp_path, monkeypa
 
 def test_heatmaps_write_the_values_on_the_cells():
     import pandas as pd
-    from ulviz import plots
+    from ulviz.app import plots
     acc = pd.DataFrame({"none": [0.47, 0.21], "jpeg": [0.46, np.nan]}, index=["clean", "em"])
     ratio = pd.DataFrame({"none": [1.0, 0.45], "jpeg": [1.0, np.nan]}, index=["clean", "em"])
     fig = plots.defense_heatmap(acc, "accuracy", ratio)

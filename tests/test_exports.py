@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ulviz import plots
+from ulviz.app import plots
 
 MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "pdf": b"%PDF-"}
 
@@ -60,7 +60,7 @@ def test_figure_data_of_a_heatmap_has_one_row_per_cell():
 
 
 def test_export_files_csv_is_the_data_given_or_the_figure_data():
-    from ulviz import ui
+    from ulviz.app import ui
 
     fig, metrics = _figure()
     files = ui.export_files(fig, metrics)

@@ -13,7 +13,7 @@ from conftest import tiny_config
 from ulviz import open_run, train
 from ulviz.studies.demo import DEMO_DIR
 from ulviz.core.errors import UlvizError
-from ulviz.jobs import Job, JobManager, launch_config, read_run_source
+from ulviz.app.jobs import Job, JobManager, launch_config, read_run_source
 from ulviz.store.runs import RunWriter, run_labels, rename_run
 
 
@@ -169,7 +169,7 @@ def test_a_first_digits_job_from_the_form_learns_within_3_epochs():
     at test accuracy 0.075, below chance, on the loss plateau of PyTorch's default init."""
     import torch
     from ulviz import create_model, train
-    from ulviz.jobs import launch_config
+    from ulviz.app.jobs import launch_config
     config = launch_config("first", "digits", "lenet5", "clean", epochs=3, lr=None, batch_size=None)
     assert config.train.recipe == "quick" and config.train.lr == 0.05
     history = train(config, None).history

@@ -9,7 +9,7 @@ import pandas as pd
 import plotly.colors
 import pytest
 
-from ulviz import plots
+from ulviz.app import plots
 
 # Streamlit's chart theme replaces these colours in a figure's JSON with its own palette
 PLACEHOLDER = re.compile(r"#0000(0[1-9]|[1-3][0-9]|40)\b", re.IGNORECASE)

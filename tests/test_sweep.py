@@ -246,7 +246,7 @@ def test_missing_ray_is_one_clear_line(tmp_path, monkeypatch):
 
 def test_dashboard_launches_a_sweep_shows_it_as_one_job_and_groups_seeds(tmp_path, monkeypatch):
     from streamlit.testing.v1 import AppTest
-    from ulviz.jobs import JobManager
+    from ulviz.app.jobs import JobManager
     data = tmp_path / "data"
     monkeypatch.setenv("ULVIZ_DATA_DIR", str(data))
     monkeypatch.chdir(ROOT)

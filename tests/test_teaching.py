@@ -9,9 +9,9 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT
-from ulviz import plots
-from ulviz.teaching import (ToyConfig, accuracy_along, expected_accuracy, gd_path, gradient, lesson, loss,
-                            loss_surface, poison, toy_data, weight_sal, weight_sal_along, weight_sal_search)
+from ulviz.app import plots
+from ulviz.app.teaching import (ToyConfig, accuracy_along, expected_accuracy, gd_path, gradient, lesson, loss,
+                                loss_surface, poison, toy_data, weight_sal, weight_sal_along, weight_sal_search)
 
 
 @pytest.fixture(scope="module")

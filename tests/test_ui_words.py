@@ -1,5 +1,5 @@
 """The landscape box's cost and time-left words (issue 28: it read "0.0 M image forward passes")."""
-from ulviz.ui import count_words, duration_words
+from ulviz.app.ui import count_words, duration_words
 
 
 def test_count_words_never_rounds_a_real_cost_to_zero():

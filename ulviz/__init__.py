@@ -24,7 +24,7 @@ from .measure.ud import unlearnable_distance
 from .measure.landscape.surfaces import interpolation, line, plane
 from .measure.landscape.runs import run_landscape
 from .measure.trajectory import divergence, pca_plane
-from .teaching import ToyConfig, lesson
+from .app.teaching import ToyConfig, lesson
 from .data.tasks import list_tasks
 from .measure.probe import linear_probe
 from .protect.defenses import list_defenses

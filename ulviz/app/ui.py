@@ -20,9 +20,9 @@ import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
 from . import plots
-from .core.errors import UlvizError
-from .measure.sal_runs import describe_sal
-from .store.runs import find_runs, open_run, run_labels
+from ..core.errors import UlvizError
+from ..measure.sal_runs import describe_sal
+from ..store.runs import find_runs, open_run, run_labels
 
 _DIR_KEY = "ulviz_data_dir"  # the chosen data directory (plain key)
 _DIR_BOX = "ulviz_data_dir_box"  # its sidebar box (widget key)
@@ -191,7 +191,7 @@ def pick_runs(runs: dict, label: str, default_count: int = 2, key: str | None = 
     """A multiselect of run labels, clean runs first. The default holds only runs comparable with
     the clean reference (same dataset, model, width and task: :func:`ulviz.compare.comparable`);
     a caption under it names the runs left out of the default and why."""
-    from .measure.compare import comparable
+    from ..measure.compare import comparable
 
     names = clean_first(runs)
     reference = clean_name(runs) or (names[0] if names else None)
@@ -207,7 +207,7 @@ def pick_runs(runs: dict, label: str, default_count: int = 2, key: str | None = 
 def warn_incomparable(runs: dict, chosen: list[str], what: str = "shown side by side") -> None:
     """A warning when the chosen runs differ in dataset, model, width or task (their numbers are
     not on one scale)."""
-    from .measure.compare import comparable
+    from ..measure.compare import comparable
 
     if len(chosen) > 1:
         _, left_out = comparable({n: runs[n] for n in chosen}, chosen[0])
@@ -343,8 +343,8 @@ def landscapes_on_request(requests: dict, key: str) -> dict:
     `cache_file`)): the cached ones at once; the others only after their cost is shown and the
     user asks, with a Cancel button while they run (a click reruns the page, which stops the
     work; the points computed so far are kept, so the next request resumes)."""
-    from .measure.landscape.runs import landscape_cost, run_landscape
-    from .store.runs import open_run
+    from ..measure.landscape.runs import landscape_cost, run_landscape
+    from ..store.runs import open_run
 
     done, missing, partial = {}, [], {}
     for label, (path, kind, kwargs) in requests.items():

@@ -19,9 +19,9 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .core.config import RunConfig
-from .core.errors import UlvizError
-from .studies.processes import safe_name, worker_env
+from ..core.config import RunConfig
+from ..core.errors import UlvizError
+from ..studies.processes import safe_name, worker_env
 
 
 def inside(directory: str | Path, path: str | Path) -> Path:
@@ -40,7 +40,7 @@ def add_run_file(data_dir: str | Path, name: str, data: bytes) -> Path:
     """Put a run file's bytes (uploaded, or copied from a path) into ``<data dir>/uploads`` under a
     file-safe version of `name`. It is read back as a run first, under a temporary name, so a file
     that is not a readable run never joins the runs; returns where it landed."""
-    from .store.runs import open_run
+    from ..store.runs import open_run
 
     if len(data) > UPLOAD_LIMIT:
         raise UlvizError(f"{name}: {len(data) >> 20} MB, over the {UPLOAD_LIMIT >> 20} MB limit")
@@ -87,9 +87,9 @@ def launch_config(name: str, dataset: str, model: str, method: str, *, params_te
     dataset's default) resolved with the explicit overrides (None = the recipe's value), and the
     dataset's files, for a local-file dataset, found and made absolute (a job runs in the data
     directory, where a relative path would point elsewhere)."""
-    from .core.config import DataConfig, ModelConfig, PoisonConfig, SALConfig, TrainConfig, parse_param
-    from .data.recipes import apply_recipe, default_recipe
-    from .train.loop import check_config
+    from ..core.config import DataConfig, ModelConfig, PoisonConfig, SALConfig, TrainConfig, parse_param
+    from ..data.recipes import apply_recipe, default_recipe
+    from ..train.loop import check_config
 
     params = dict(parse_param(item) for item in params_text.split(",") if item.strip())
     files = None
@@ -173,7 +173,7 @@ class JobManager:
         The file is kept as ``<data dir>/sweeps/<name>.toml``; its ``out`` must lie inside the data
         directory, so the dashboard sees the runs. A sweep already in progress over the same
         output directory is refused; a finished one may be launched again (it resumes)."""
-        from .studies.sweep import parse_sweep
+        from ..studies.sweep import parse_sweep
 
         name = safe_name(name)
         file = inside(self.data_dir, self.data_dir / "sweeps" / f"{name}.toml")
@@ -239,13 +239,13 @@ class JobManager:
     def rename_run(self, path: str | Path, name: str):
         """Change a run file's display name (:func:`ulviz.store.rename_run`), with the refusals
         of :meth:`delete_run`. Returns the new config."""
-        from .store.runs import rename_run
+        from ..store.runs import rename_run
 
         return rename_run(self._own_run_file(path), name)
 
     def _own_run_file(self, path: str | Path) -> Path:
-        from .studies.demo import DEMO_DIR
-        from .store.runs import open_run
+        from ..studies.demo import DEMO_DIR
+        from ..store.runs import open_run
 
         target = inside(self.data_dir, path)
         demo = DEMO_DIR.resolve()
