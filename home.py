@@ -7,17 +7,17 @@ import pandas as pd
 import streamlit as st
 
 from ulviz.app import plots, ui
-from ulviz.core.accuracy import accuracy_columns
-from ulviz.measure.compare import comparable
-from ulviz.data.datasets import list_datasets
-from ulviz.core.errors import UlvizError
 from ulviz.app.jobs import BUILT_IN_DATASETS, JobManager, add_run_file, launch_config, read_run_source
-from ulviz.studies.sweep import status_line, sweep_progress
+from ulviz.core.accuracy import accuracy_columns
+from ulviz.core.errors import UlvizError
+from ulviz.data.datasets import list_datasets
+from ulviz.data.recipes import AUGMENTATIONS, list_recipes
+from ulviz.measure.compare import comparable
+from ulviz.measure.ud import study_ud
 from ulviz.models.registry import list_models
 from ulviz.protect.poisons import list_methods, method_info
-from ulviz.data.recipes import AUGMENTATIONS, list_recipes
 from ulviz.store.runs import find_runs, runs_table
-from ulviz.measure.ud import study_ud
+from ulviz.studies.sweep import status_line, sweep_progress
 
 st.set_page_config(page_title="ulviz", layout="wide")
 st.title("ulviz: how far are unlearnable examples from truly unlearnable?")

@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 from ulviz.core.config import SALConfig
+from ulviz.protect.defenses import parse_defense
 from ulviz.studies.crosstask import run_grid
 from ulviz.studies.defense_study import NONE, defense_study, save_study, study_configs, study_text
-from ulviz.protect.defenses import parse_defense
 from ulviz.studies.demo import DEMO_DIR, demo_study
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -93,8 +93,8 @@ def main() -> None:
 def _plan(args, seeds):
     """[(config, file stem)] of every (method, seed) run."""
     from ulviz import DataConfig, ModelConfig, PoisonConfig, RunConfig, SALConfig, TrainConfig
-    from ulviz.studies.demo import CPU_POISON_SETTINGS
     from ulviz.data.recipes import apply_recipe, default_recipe
+    from ulviz.studies.demo import CPU_POISON_SETTINGS
 
     model = args.model or ("resnet18" if args.dataset.startswith("cifar") else "lenet5")
     width = args.width if args.width is not None else (8 if model == "resnet18" and args.model is None else None)

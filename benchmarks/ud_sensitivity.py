@@ -72,9 +72,9 @@ def sal_matrix(path: str, setting: dict, epochs: list[int], device: str) -> np.n
     """(epochs x layers) exact SAL of a run file under `setting`, from the cache when there."""
     from ulviz import open_run
     from ulviz.data.datasets import load_dataset
-    from ulviz.models.registry import build_model, weight_layer_names
     from ulviz.measure.sal import layer_sal, sal_arrays
     from ulviz.measure.sal_runs import sal_data
+    from ulviz.models.registry import build_model, weight_layer_names
     from ulviz.protect.trainset import run_training_data
 
     run = open_run(path)

@@ -3,8 +3,8 @@ import streamlit as st
 
 from ulviz.app import plots, ui
 from ulviz.measure.landscape.runs import cached_landscapes
-from ulviz.store.caches import landscape_cache_path
 from ulviz.measure.trajectory import divergence, divergence_summary, layer_path, pca_plane
+from ulviz.store.caches import landscape_cache_path
 
 ui.page("Optimization paths",
         "Where training took the weights, epoch by epoch, projected on the two directions along which the "

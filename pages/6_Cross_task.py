@@ -3,8 +3,8 @@ the protection was made against?"""
 import streamlit as st
 
 from ulviz.app import plots, ui
-from ulviz.studies.crosstask import crosstask_table
 from ulviz.measure.probe import linear_probe
+from ulviz.studies.crosstask import crosstask_table
 
 ui.page("Cross-task",
         "Unlearnable examples are made against classification. Trained on the same protected images, does a "

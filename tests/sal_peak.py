@@ -15,8 +15,8 @@ def peak_rss() -> int:
 
 
 def main(spec: dict) -> None:
-    import ulviz.measure.sal as S
     from ulviz import create_model
+    import ulviz.measure.sal as S
     torch.manual_seed(0)
     torch.set_num_threads(1)
     if spec.get("vmap"):

@@ -17,8 +17,8 @@ from streamlit.testing.v1 import AppTest
 from conftest import ROOT, tiny_config
 from ulviz import SALConfig, open_run, train
 from ulviz.app.jobs import UPLOAD_LIMIT, Job, JobManager, add_run_file, inside
-from ulviz.studies.processes import safe_name
 from ulviz.core.errors import UlvizError
+from ulviz.studies.processes import safe_name
 
 PAGES = ["pages/1_Loss_landscape.py", "pages/2_SAL.py", "pages/3_Optimization_paths.py",
          "pages/4_Unlearnable_Distance.py", "pages/10_Compare_runs.py", "pages/11_Perturbations.py"]  # the run pages; the teaching page has no runs (tests/test_teaching.py)

@@ -110,8 +110,8 @@ def test_sweep_file_with_negative_epochs_is_refused(tmp_path, capsys):
 
 
 def test_the_form_refuses_out_of_range_numbers():
-    from ulviz.core.errors import UlvizError
     from ulviz.app.jobs import launch_config
+    from ulviz.core.errors import UlvizError
     with pytest.raises(UlvizError, match="train.epochs"):
         launch_config("x", "digits", "lenet5", "clean", epochs=0)
     with pytest.raises(UlvizError, match="poison.ratio"):

@@ -7,10 +7,10 @@ import pytest
 from conftest import ROOT
 from ulviz import open_run
 from ulviz.cli import main
-from ulviz.studies.demo import demo_configs, demo_study, list_studies, run_stem
 from ulviz.core.errors import UlvizError
 from ulviz.measure.landscape.runs import cached_landscapes
 from ulviz.store.caches import list_landscapes
+from ulviz.studies.demo import demo_configs, demo_study, list_studies, run_stem
 
 
 def test_demo_pipeline_end_to_end(tmp_path, capsys):
@@ -86,11 +86,11 @@ def test_post_hoc_sal_of_the_bundled_em_class_run_equals_its_stored_row():
     """What is computed after training uses exactly the images the model trained on: the bundled
     em-class run stores its protection, so SAL recomputed now from its last snapshot equals the
     row stored when the demo was made."""
+    from ulviz.core.config import SALConfig
     from ulviz.data.datasets import load_dataset
-    from ulviz.models.registry import build_model, weight_layer_names
     from ulviz.measure.sal import layer_sal, sal_arrays
     from ulviz.measure.sal_runs import sal_data, sal_kwargs
-    from ulviz.core.config import SALConfig
+    from ulviz.models.registry import build_model, weight_layer_names
     from ulviz.protect.trainset import run_training_data
     path = ROOT / "data" / "demo" / "em-class.h5"
     if not path.exists():

@@ -10,8 +10,8 @@ from test_landscape import _assert_points_by_hand, _model
 from test_sal import _trained, reference_sal
 from ulviz import PoisonConfig, SALConfig, load_dataset, open_run, train
 from ulviz.measure.landscape import surfaces
-from ulviz.protect.poisons import make_poison
 from ulviz.measure.sal import layer_sal
+from ulviz.protect.poisons import make_poison
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -11,10 +11,10 @@ import torch
 
 from conftest import tiny_config
 from ulviz import open_run, train
-from ulviz.studies.demo import DEMO_DIR
-from ulviz.core.errors import UlvizError
 from ulviz.app.jobs import Job, JobManager, launch_config, read_run_source
+from ulviz.core.errors import UlvizError
 from ulviz.store.runs import RunWriter, run_labels, rename_run
+from ulviz.studies.demo import DEMO_DIR
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,13 @@ import torch
 from torch.nn import functional as F
 
 from ulviz import create_model, load_dataset, train
-from ulviz.measure.landscape import directions, evaluation, surfaces
-from ulviz.measure.landscape import runs as landscape_runs
 from ulviz.cli import main
 from ulviz.core.errors import UlvizError
+from ulviz.measure.landscape import directions, evaluation, surfaces
+from ulviz.measure.landscape import runs as landscape_runs
+from ulviz.measure.trajectory import divergence, layer_path, pca_plane
 from ulviz.store.caches import list_landscapes
 from ulviz.store.runs import open_run
-from ulviz.measure.trajectory import divergence, layer_path, pca_plane
 
 from conftest import tiny_config
 
@@ -294,8 +294,8 @@ def test_pca_plane_origin_is_the_whole_final_state(tmp_path):
     from dataclasses import replace
     from conftest import tiny_config
     from ulviz import ModelConfig, open_run, train
-    from ulviz.measure.landscape.surfaces import _surface
     from ulviz.measure.landscape.runs import run_model
+    from ulviz.measure.landscape.surfaces import _surface
     from ulviz.measure.trajectory import pca_plane
     cfg = replace(tiny_config(epochs=2), model=ModelConfig("cnn", width=4))
     train(cfg, tmp_path / "bn.h5")

@@ -11,8 +11,8 @@ from streamlit.testing.v1 import AppTest
 from conftest import ROOT, tiny_config
 from ulviz import open_run, train
 from ulviz.measure.landscape.runs import cached_landscapes, run_landscape
-from ulviz.store.runs import find_runs
 from ulviz.store.caches import landscape_cache_path
+from ulviz.store.runs import find_runs
 
 
 def _digest(path) -> str:

@@ -99,9 +99,9 @@ def test_sal_and_landscape_of_a_user_model_are_unchanged_by_its_stages(monkeypat
     """The fx stages only share work: SAL and a plane equal those of the model as one stage, and
     the plane's points equal a hand-loaded copy of the model; the caller's model is untouched."""
     import copy
-    import ulviz.models.registry as models
     from ulviz.measure.landscape.surfaces import plane
     from ulviz.measure.sal import layer_sal
+    import ulviz.models.registry as models
     torch.manual_seed(1)
     model = _SkipNet().eval().double()
     x, y = torch.randn(24, 1, 8, 8, dtype=torch.float64), torch.randint(0, 10, (24,))

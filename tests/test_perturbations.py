@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from ulviz.measure import perturbations as P
 from ulviz.core.errors import UlvizError
+from ulviz.measure import perturbations as P
 
 
 def _labels(n=300, classes=3, seed=0):

@@ -13,13 +13,13 @@ import torch
 
 from tests.conftest import ROOT
 from ulviz import DataConfig, ModelConfig, PoisonConfig, RunConfig, SALConfig, TrainConfig, UlvizError, open_run, train
-from ulviz.cli import main
-from ulviz.data.datasets import load_dataset
-from ulviz.protect.poisons import make_poison
-from ulviz.core.provenance import data_digest, tensor_digest
-from ulviz.measure.sal_runs import compute_run_sal
-from ulviz.protect.trainset import run_training_data
 from ulviz import verify_run
+from ulviz.cli import main
+from ulviz.core.provenance import data_digest, tensor_digest
+from ulviz.data.datasets import load_dataset
+from ulviz.measure.sal_runs import compute_run_sal
+from ulviz.protect.poisons import make_poison
+from ulviz.protect.trainset import run_training_data
 
 EM_CLASS = PoisonConfig("em", params={"mode": "class", "max_rounds": 2, "surrogate": "mlp", "surrogate_width": 16})
 DIGITS = DataConfig("digits", train_limit=240, test_limit=80)

@@ -9,8 +9,8 @@ from torch.nn import functional as F
 
 from conftest import tiny_config
 from ulviz import ModelConfig, SALConfig, UlvizError, UnknownNameError, create_model, load_dataset, open_run, train
-from ulviz.measure.sal_runs import compute_run_sal
 from ulviz.measure.sal import layer_sal
+from ulviz.measure.sal_runs import compute_run_sal
 
 
 def reference_sal(model, x, y, *, iters, lr, eps, batch_size):

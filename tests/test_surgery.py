@@ -9,8 +9,8 @@ from conftest import tiny_config
 from ulviz import ModelConfig, SALConfig, open_run, train
 from ulviz.cli import main
 from ulviz.core.errors import UlvizError
-from ulviz.models.registry import create_model
 from ulviz.measure.surgery import SurgeryConfig, layer_surgery, layer_tensors, random_layers, select_layers
+from ulviz.models.registry import create_model
 
 RANDOM = {"mode": "class", "eps": 0.2}
 

@@ -9,8 +9,8 @@ from torch import nn
 from conftest import tiny_config
 from ulviz import DataConfig, ModelConfig, SALConfig, UlvizError, load_dataset, open_run, train
 from ulviz.cli import main
-from ulviz.measure.probe import fit_probe, linear_probe, penultimate_features
 from ulviz.data.tasks import foreground_masks, iou, list_tasks, rotate, task_dataset
+from ulviz.measure.probe import fit_probe, linear_probe, penultimate_features
 
 
 def test_registry():

@@ -245,9 +245,9 @@ def test_twin_pairing_with_two_clean_runs_of_other_widths_in_one_directory(tmp_p
     from dataclasses import replace
     from ulviz import ModelConfig, open_run
     from ulviz.core.accuracy import accuracy_summary
+    from ulviz.measure.seeds import seed_table
     from ulviz.studies.crosstask import crosstask_table
     from ulviz.studies.defense_study import defense_study
-    from ulviz.measure.seeds import seed_table
     paths = []
     for stem, method, width in (("a-clean-wide", "clean", 32), ("b-clean-narrow", "clean", 16), ("c-noise", "random", 16)):
         cfg = tiny_config(epochs=2)

@@ -9,29 +9,35 @@ The public API (everything else is internal)::
     from ulviz import list_defenses, defense_study  # the trainer's defenses; protection x defense tables
     from ulviz import layer_sharpness, compute_run_sharpness, layer_surgery  # the per-layer atlas; layer surgery
     from ulviz import verify_run                     # does a run file reproduce here (inputs, first epochs)
+
+Each name is re-exported from the module that defines it, the imports below in the order of the
+layers (core, data, store, models, protect, measure, train, studies, app; see
+tests/test_architecture.py). The facade defines nothing itself, and nothing in the package
+imports it. ``ulviz.train`` is the function: the sub-package of that name is reached by its
+modules' names (``from ulviz.train.loop import ...``).
 """
-from .core.provenance import __version__
 from .core.config import DataConfig, ModelConfig, PoisonConfig, RunConfig, SALConfig, TrainConfig
-from .data.datasets import Dataset, list_datasets, load_dataset
 from .core.devices import select_device
 from .core.errors import DataError, DivergedError, RunFileError, UlvizError, UnknownNameError
-from .models.registry import create_model, list_models, weight_layer_names
-from .protect.poisons import list_methods, make_poison
-from .store.runs import Run, find_runs, open_run
-from .train.loop import EpochContext, TrainResult, evaluate, resume, train
-from .measure.sal import layer_sal
-from .measure.ud import unlearnable_distance
-from .measure.landscape.surfaces import interpolation, line, plane
-from .measure.landscape.runs import run_landscape
-from .measure.trajectory import divergence, pca_plane
-from .app.teaching import ToyConfig, lesson
+from .core.provenance import __version__
+from .data.datasets import Dataset, list_datasets, load_dataset
 from .data.tasks import list_tasks
-from .measure.probe import linear_probe
+from .store.runs import Run, find_runs, open_run
+from .models.registry import create_model, list_models, weight_layer_names
 from .protect.defenses import list_defenses
-from .studies.defense_study import defense_study
+from .protect.poisons import list_methods, make_poison
+from .measure.landscape.runs import run_landscape
+from .measure.landscape.surfaces import interpolation, line, plane
+from .measure.probe import linear_probe
+from .measure.sal import layer_sal
 from .measure.sharpness import SharpnessConfig, compute_run_sharpness, layer_sharpness
 from .measure.surgery import SurgeryConfig, layer_surgery, select_layers
+from .measure.trajectory import divergence, pca_plane
+from .measure.ud import unlearnable_distance
+from .train.loop import EpochContext, TrainResult, evaluate, resume, train
 from .train.verify import verify_run
+from .studies.defense_study import defense_study
+from .app.teaching import ToyConfig, lesson
 
 __all__ = [
     "__version__",

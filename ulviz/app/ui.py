@@ -16,13 +16,12 @@ from typing import Iterable
 
 import numpy as np
 import streamlit as st
-
 from streamlit.errors import StreamlitAPIException
 
-from . import plots
 from ..core.errors import UlvizError
 from ..measure.sal_runs import describe_sal
 from ..store.runs import find_runs, open_run, run_labels
+from . import plots
 
 _DIR_KEY = "ulviz_data_dir"  # the chosen data directory (plain key)
 _DIR_BOX = "ulviz_data_dir_box"  # its sidebar box (widget key)

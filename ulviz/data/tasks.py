@@ -25,8 +25,8 @@ from typing import Callable
 
 import torch
 
-from .datasets import Dataset
 from ..core.errors import UlvizError, UnknownNameError
+from .datasets import Dataset
 
 MASK_THRESHOLD = 0.5  # a pixel of a clean image brighter than this is foreground
 

@@ -48,8 +48,8 @@ from ..core.devices import compute_device
 from ..core.errors import UlvizError, UnknownNameError
 from ..models.registry import weight_layer_names
 from ..models.steps import correct_count
-from .sal_stages import _Chain, _Suffix, _round_order, _tensors
 from .sal_batched import _default_budget, _exact_all_layers, _layer_groups
+from .sal_stages import _Chain, _Suffix, _round_order, _tensors
 
 ESTIMATORS = ("exact", "fast")
 PARTS = ("sal", "s_max", "s_min", "acc_drop", "acc_rise")

@@ -5,13 +5,12 @@ projections and evaluations as the per-layer search, in groups of layers that fi
 """
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
 from torch.nn import functional as F
-from .sal_stages import _Chain, _round_order
 
+from .sal_stages import _Chain, _round_order
 
 
 def _default_budget(device: torch.device) -> int:

@@ -5,7 +5,6 @@ DataLoader reader the landscapes share.
 """
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 from torch.func import functional_call

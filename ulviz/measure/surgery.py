@@ -31,10 +31,10 @@ from torch.nn import functional as F
 from ..core.config import _limits, check_numbers
 from ..core.devices import compute_device
 from ..core.errors import UlvizError, UnknownNameError
-from ..models.registry import build_model, create_model
 from ..data.recipes import augment_batch
-from .sharpness import run_data
+from ..models.registry import build_model, create_model
 from ..models.steps import evaluate
+from .sharpness import run_data
 
 OPS = ("transplant", "reset", "freeze")
 SAL_RULES = ("sal-top", "sal-bottom", "sal-diff")

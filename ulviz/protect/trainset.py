@@ -19,14 +19,14 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..data.datasets import Dataset
-from .defenses import defend_data
 from ..core.errors import UlvizError
-from .poisons import Poison, make_poison, method_info
 from ..core.provenance import data_digest
-from ..store.runs import Run
-from ..store.protection import StoredProtection
+from ..data.datasets import Dataset
 from ..data.tasks import task_dataset
+from ..store.protection import StoredProtection
+from ..store.runs import Run
+from .defenses import defend_data
+from .poisons import Poison, make_poison, method_info
 
 
 @dataclass

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-from .runs import SAL_PARTS, _append_sal, _create_sal_group
-from .files import _append_row, _as_str, _fixed, _reader, check_run_file, open_for_update
 
+from .files import _append_row, _as_str, _fixed, _reader, check_run_file, open_for_update
+from .runs import SAL_PARTS, _append_sal, _create_sal_group
 
 
 def prepare_sal(path: str | Path, layer_names: list[str], settings: dict) -> list[int]:

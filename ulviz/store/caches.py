@@ -12,8 +12,8 @@ import h5py
 import numpy as np
 
 from ..core.errors import RunFileError
-from .runs import Run
 from .files import _as_str, _fixed, _h5file, _lock_busy, _reader, check_run_file, open_for_update
+from .runs import Run
 
 
 # -- cached landscapes ---------------------------------------------------------------------

@@ -49,8 +49,9 @@ import torch
 from ..core.config import RunConfig
 from ..core.errors import RunFileError, UlvizError
 from ..core.provenance import __version__, tensor_digest
+from .files import (_append_row, _as_str, _fixed, _h5file, _json_attr, _reader, _scalar_str, check_run_file,
+                    open_for_update, writer_alive)
 from .protection import StoredProtection, _protection_info, _read_protection, _write_protection
-from .files import _append_row, _as_str, _fixed, _h5file, _json_attr, _reader, _scalar_str, check_run_file, open_for_update, writer_alive
 from .tables import _is_tables_file
 
 

@@ -17,8 +17,8 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from ..core.config import PoisonConfig, RunConfig
 from ..core.accuracy import LAST_K, accuracy_summary
+from ..core.config import PoisonConfig, RunConfig
 from ..protect.defenses import get_defense
 
 NONE = "none"  # the label of training without any defense

@@ -18,15 +18,15 @@ import torch
 from torch import nn
 
 from ..core.config import RunConfig, check_numbers
-from ..data.datasets import Dataset, list_datasets, load_dataset
 from ..core.devices import compute_device
 from ..core.errors import DivergedError, RunFileError, UlvizError, UnknownNameError
-from ..models.registry import build_model, list_models, weight_layer_names
-from ..measure.sal_runs import sal_callback
-from ..models.steps import evaluate, train_epoch
-from ..data.tasks import check_task_model
-from ..protect.defenses import batch_defense, check_defenses
 from ..core.provenance import environment, fixed_threads
+from ..data.datasets import Dataset, list_datasets, load_dataset
+from ..data.tasks import check_task_model
+from ..measure.sal_runs import sal_callback
+from ..models.registry import build_model, list_models, weight_layer_names
+from ..models.steps import evaluate, train_epoch
+from ..protect.defenses import batch_defense, check_defenses
 from ..protect.trainset import run_training_data, training_set
 from ..store.runs import RunWriter, check_new_run_path, open_run, reopen_for_resume
 

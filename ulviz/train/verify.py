@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.datasets import load_dataset
 from ..core.errors import UlvizError
 from ..core.provenance import RESULT_FIELDS, data_digest, environment
+from ..data.datasets import load_dataset
+from ..protect.trainset import protected_images
 from ..store.runs import open_run
 from .loop import replay
-from ..protect.trainset import protected_images
 
 COMPARED = ("train_loss", "train_acc", "test_loss", "test_acc", "lr")  # `seconds` is the machine's, not the run's
 

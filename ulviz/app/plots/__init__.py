@@ -8,16 +8,16 @@ atlas (sharpness atlas, layer surgery), perturbations, and export (images, and t
 figure). This ``__init__`` gathers their names into the one namespace the pages use:
 ``plots.sal_heatmap(...)``.
 """
-from .style import PALETTE, ACC_AXIS, SAL_SCALE, RUN_PALETTE, run_colours, sal_range, CAPTIONS
-from .landscapes import (landscape_detail, landscape_lines, landscape_contours, landscape_surface,
-                         path_figure, divergence_heatmap)
-from .learnability import sal_histogram, sal_heatmap, ud_bars, ud_seed_bars, counts_per_epoch, metrics_figure
-from .studies import (CROSSTASK_SCALE, crosstask_heatmap, probe_bars, defense_heatmap, defense_layers,
-                      group_bars, group_bands, parallel_coordinates)
-from .teaching import teaching_data, teaching_surfaces, teaching_accuracy, teaching_sal
 from .atlas import ATLAS_SCALE, shared_range, measure_heatmap, correlation_bars, surgery_bars, surgery_layers
 from .export import EXPORT_FORMATS, export_problem, figure_image, figure_data
+from .landscapes import (landscape_detail, landscape_lines, landscape_contours, landscape_surface, path_figure,
+                         divergence_heatmap)
+from .learnability import sal_histogram, sal_heatmap, ud_bars, ud_seed_bars, counts_per_epoch, metrics_figure
 from .perturbations import perturbation_gallery, spectrum_heatmaps, radial_spectrum
+from .studies import (CROSSTASK_SCALE, crosstask_heatmap, probe_bars, defense_heatmap, defense_layers, group_bars,
+                      group_bands, parallel_coordinates)
+from .style import PALETTE, ACC_AXIS, SAL_SCALE, RUN_PALETTE, run_colours, sal_range, CAPTIONS
+from .teaching import teaching_data, teaching_surfaces, teaching_accuracy, teaching_sal
 
 __all__ = ["PALETTE", "ACC_AXIS", "SAL_SCALE", "RUN_PALETTE", "run_colours", "sal_range", "CAPTIONS",
            "landscape_detail", "landscape_lines", "landscape_contours", "landscape_surface",

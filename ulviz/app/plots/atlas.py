@@ -7,6 +7,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+
 from .style import PALETTE, _colour, _layout, _scale
 
 

@@ -3,7 +3,6 @@ it as a table for CSV.
 """
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go

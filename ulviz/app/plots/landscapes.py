@@ -3,11 +3,11 @@ with the per-layer divergence of two paths.
 """
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
 from .style import ACC_AXIS, _colour, _layout, _scale
 
 

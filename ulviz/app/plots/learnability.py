@@ -3,11 +3,11 @@ per epoch) and the training curves of runs.
 """
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
 from .style import ACC_AXIS, PALETTE, SAL_SCALE, _colour, _layout, sal_range
 
 

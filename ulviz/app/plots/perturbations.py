@@ -3,10 +3,10 @@ amplitude spectra and radial profiles.
 """
 from __future__ import annotations
 
-
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
 from .style import _colour, _layout, _scale
 
 

@@ -3,11 +3,11 @@ compared in groups (bars with intervals, curve bands, a sweep's parallel coordin
 """
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 import plotly.colors
 import plotly.graph_objects as go
+
 from .style import ACC_AXIS, PALETTE, _layout, _scale
 
 

@@ -3,12 +3,12 @@ and SAL, clean against poisoned.
 """
 from __future__ import annotations
 
-
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
-from .style import ACC_AXIS, PALETTE, _layout
+
 from .landscapes import _z
+from .style import ACC_AXIS, PALETTE, _layout
 
 
 # ---------------------------------------------------------------- teaching page (a model with two weights)

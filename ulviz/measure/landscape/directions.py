@@ -3,9 +3,7 @@ the line between two weight states, and a model's weights as a direction-shaped 
 """
 from __future__ import annotations
 
-
 import torch
-import torch.fx
 from torch import nn
 
 from ...core.errors import UlvizError, UnknownNameError

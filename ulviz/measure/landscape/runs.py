@@ -9,7 +9,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.fx
 from torch import nn
 
 from ...core.errors import UlvizError, UnknownNameError

@@ -35,8 +35,8 @@ import numpy as np
 import torch
 
 from ...core.config import PoisonConfig
-from ...data.datasets import Dataset
 from ...core.provenance import GENERATION_THREADS, PACKAGE_DIR, fixed_threads
+from ...data.datasets import Dataset
 from .registry import (BUDGETS, Context, Method, Poison, check_budget, list_budgets, list_methods, method_info,
                        protected_indices, register, resolve_params, scaled_params)
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...data.datasets import open_npz
 from ...core.errors import UlvizError
+from ...data.datasets import open_npz
 from .registry import Poison, register
 
 

@@ -20,8 +20,8 @@ import torch
 from torch.nn import functional as F
 
 from ...core.errors import UlvizError
-from ...models.registry import create_model
 from ...data.recipes import NATURAL_IMAGE_SETS, augment_batch
+from ...models.registry import create_model
 from ...models.steps import evaluate, train_step
 from .registry import Poison, register
 
