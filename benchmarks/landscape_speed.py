@@ -67,7 +67,7 @@ def best_of(fn, repeats: int) -> float:
 
 def minor_faults() -> int:
     """Pages this process has faulted in so far: a loop that keeps getting fresh pages from the
-    system pays for each (see ulviz.devices.settle_cpu_allocator)."""
+    system pays for each (see ulviz.core.devices.settle_cpu_allocator)."""
     try:
         import resource
     except ImportError:  # not on Windows

@@ -1,7 +1,7 @@
 """Is SAL just curvature? The atlas correlation table on the bundled demo.
 
 Copies the demo runs to --work (the bundle is never written; a rerun resumes from the copies), then
-computes with `ulviz.sharpness`:
+computes with `ulviz.measure.sharpness`:
 
 - the weight measures (norm, distance from init) at every SAL epoch of every run;
 - the data measures (top Hessian eigenvalue, Hutchinson trace, adaptive sharpness) at --data-epochs

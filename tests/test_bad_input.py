@@ -1,7 +1,7 @@
 """Every numeric option of train, poison, sal, landscape, sweep and demo, given a value out of its
 range, a non-number or a non-finite number: one line on stderr, exit 2, no file written. The
 property is checked over the option space by hypothesis; the ranges below are written out here
-independently of the code's (a field's limits in ulviz.config, the CLI's own counts)."""
+independently of the code's (a field's limits in ulviz.core.config, the CLI's own counts)."""
 import math
 from pathlib import Path
 

@@ -398,7 +398,7 @@ def test_settled_allocator_keeps_freed_blocks():
         pytest.skip("glibc's malloc only")
     code = """
 import resource, torch
-from ulviz.devices import compute_device
+from ulviz.core.devices import compute_device
 assert compute_device("cpu").type == "cpu"
 for step in range(14):
     if step == 4:  # the heap has grown to its size by then

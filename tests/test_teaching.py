@@ -1,4 +1,4 @@
-"""The teaching toy (ulviz.teaching): every number checked against an independent computation, and the page."""
+"""The teaching toy (ulviz.app.teaching): every number checked against an independent computation, and the page."""
 import math
 import time
 from dataclasses import replace

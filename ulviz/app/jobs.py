@@ -237,7 +237,7 @@ class JobManager:
         return target
 
     def rename_run(self, path: str | Path, name: str):
-        """Change a run file's display name (:func:`ulviz.store.rename_run`), with the refusals
+        """Change a run file's display name (:func:`ulviz.store.runs.rename_run`), with the refusals
         of :meth:`delete_run`. Returns the new config."""
         from ..store.runs import rename_run
 

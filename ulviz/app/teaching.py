@@ -20,7 +20,7 @@ set carries no shortcut. What to watch:
 - poison only part of the training set and the clean points keep w1 learning: partial poisoning
   does not make data unlearnable.
 
-Per-weight SAL follows the paper's definition (Ye, Su & Qian, ICLR 2025; :mod:`ulviz.sal`)
+Per-weight SAL follows the paper's definition (Ye, Su & Qian, ICLR 2025; :mod:`ulviz.measure.sal`)
 restricted to one scalar weight: only w_i moves, within ``|w_i' - w_i| <= eps * |w_i|``;
 ``s_max`` = highest loss there minus the loss at w, ``s_min`` = loss at w minus the lowest, and
 SAL = the larger of the two. The ball is an interval and the loss is convex along it, so both

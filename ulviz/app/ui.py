@@ -103,7 +103,7 @@ def load_run(path: str | Path):
 
 def all_runs(directory: Path) -> tuple[dict[str, object], dict[Path, str]]:
     """(label -> Run for every readable run file, hidden ones included; path -> error of the
-    others). Labels follow :func:`ulviz.store.run_labels`, computed over all of them, so hiding a
+    others). Labels follow :func:`ulviz.store.runs.run_labels`, computed over all of them, so hiding a
     run never relabels another."""
     runs, problems = [], {}
     for p in find_runs(directory):
@@ -156,7 +156,7 @@ def hidden_runs_picker(options: list[str], describe) -> None:
 
 def label_of(path, directory: Path | None = None) -> str:
     """The label of the run file at `path` among the runs of the data directory (the one rule of
-    :func:`ulviz.store.run_labels`); its file name if it is not a readable run there."""
+    :func:`ulviz.store.runs.run_labels`); its file name if it is not a readable run there."""
     runs, _ = all_runs(chosen_data_dir() if directory is None else directory)
     target = Path(path).resolve()
     return next((label for label, run in runs.items() if run.path.resolve() == target), Path(path).name)
@@ -188,7 +188,7 @@ def clean_first(runs: dict) -> list[str]:
 
 def pick_runs(runs: dict, label: str, default_count: int = 2, key: str | None = None) -> list[str]:
     """A multiselect of run labels, clean runs first. The default holds only runs comparable with
-    the clean reference (same dataset, model, width and task: :func:`ulviz.compare.comparable`);
+    the clean reference (same dataset, model, width and task: :func:`ulviz.measure.compare.comparable`);
     a caption under it names the runs left out of the default and why."""
     from ..measure.compare import comparable
 
@@ -391,8 +391,8 @@ def _slug(name: str) -> str:
 
 def export_files(fig, data=None) -> dict[str, object]:
     """Format -> a zero-argument function returning that file's content (bytes or text): png,
-    svg and pdf rendered by plotly.js (:func:`ulviz.plots.figure_image`), csv the data behind the
-    figure (`data` when given, else every trace's points, :func:`ulviz.plots.figure_data`). The
+    svg and pdf rendered by plotly.js (:func:`ulviz.app.plots.figure_image`), csv the data behind the
+    figure (`data` when given, else every trace's points, :func:`ulviz.app.plots.figure_data`). The
     images only where static export can run here."""
     table = data if data is not None else plots.figure_data(fig)
     files: dict[str, object] = {}

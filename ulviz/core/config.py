@@ -34,7 +34,7 @@ class PoisonConfig:
     ratio: float = _limits(1.0, gt=0, le=1)  # fraction of the training set that is protected
     seed: int = _limits(0, ge=0)  # seed of the method's randomness (noise, surrogate init, patch choice)
     params: dict = field(default_factory=dict)  # method-specific parameters (eps, steps, ...)
-    budget: str = "standard"  # budget convention: standard (the papers'), energy, mnist (ulviz.poisons.scaled_params)
+    budget: str = "standard"  # budget convention: standard (the papers'), energy, mnist (ulviz.protect.poisons.scaled_params)
 
 
 @dataclass(frozen=True)
@@ -54,10 +54,10 @@ class TrainConfig:
     epochs: int = _limits(30, ge=1)  # number of passes over the training set
     seed: int = _limits(0, ge=0)  # seeds the initial weights and every epoch's data order
     device: str = "auto"  # "auto" (cuda, then mps, then cpu) or a torch device string
-    recipe: str = "quick"  # the named recipe these fields came from (ulviz.recipes): quick or paper
+    recipe: str = "quick"  # the named recipe these fields came from (ulviz.data.recipes): quick or paper
     augment: str = "none"  # training-batch augmentation: none, crop (pad 4), crop_flip (pad 4 + mirror)
-    task: str = "classify"  # what is learned from the images: classify, rotation, segment (ulviz.tasks)
-    defenses: list = field(default_factory=list)  # the trainer's defenses, in order: [{"name", "params"}] (ulviz.defenses)
+    task: str = "classify"  # what is learned from the images: classify, rotation, segment (ulviz.data.tasks)
+    defenses: list = field(default_factory=list)  # the trainer's defenses, in order: [{"name", "params"}] (ulviz.protect.defenses)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """What a run was made with: the environment (versions, code revision, device, threads,
 determinism settings) and content digests of the data it trained on.
 
-A low room beside ``data``: it imports torch and numpy only. The run file stores the dict of
-:func:`environment` and the digests (``ulviz.store``); ``ulviz info`` shows them and
+Part of the core layer: it imports torch and numpy only. The run file stores the dict of
+:func:`environment` and the digests (``ulviz.store.runs``); ``ulviz info`` shows them and
 ``ulviz verify`` compares them with the present ones.
 
 Digests are sha256 over a canonical form of a tensor: its dtype and shape as a short header,
@@ -95,7 +95,7 @@ def determinism() -> dict:
 def code_digest() -> str:
     """sha256 (16 hex) of ulviz's own Python source, every module of the package: what a run was
     made by, exact also in a dirty checkout or an installed copy (where a git revision says
-    nothing). Reuse of an earlier run (ulviz.verify.reusable_run) keys on it."""
+    nothing). Reuse of an earlier run (ulviz.train.verify.reusable_run) keys on it."""
     h = hashlib.sha256()
     for path in sorted(PACKAGE_DIR.rglob("*.py")):
         h.update(path.relative_to(PACKAGE_DIR).as_posix().encode() + b"\0" + path.read_bytes())

@@ -1,6 +1,6 @@
 """Training recipes (optimizer, schedule, batch size, augmentation) and the augmentations they use.
 
-A recipe is a named set of :class:`~ulviz.config.TrainConfig` fields. It is resolved once, when a
+A recipe is a named set of :class:`~ulviz.core.config.TrainConfig` fields. It is resolved once, when a
 run is configured, so the run file records the recipe's name *and* every value it set; a flag
 given explicitly (``--lr``, ``--augment``) overrides the recipe's value and is recorded as such.
 

@@ -3,8 +3,8 @@ flattened (``poison.method``, ``model.width``, ``poison.params.eps``, ``train.se
 accuracy three ways and its UD against its clean twin; then filter on any field, group by any
 fields, and per group the mean with a 95% t interval, of scalar results and of whole curves.
 
-This generalises the seed grouping of :mod:`ulviz.ud` (there: group by "everything but the
-seed"; here: by the fields the user names) and uses the same interval (:func:`ulviz.ud.mean_interval`).
+This generalises the seed grouping of :mod:`ulviz.measure.ud` (there: group by "everything but the
+seed"; here: by the fields the user names) and uses the same interval (:func:`ulviz.measure.seeds.mean_interval`).
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def flat_config(config) -> dict[str, object]:
 
 def runs_frame(runs: dict) -> pd.DataFrame:
     """One row per run (label -> Run): ``run`` (its label), ``path``, every config field flattened,
-    epochs done, and the results of :func:`ulviz.ud.seed_table` (accuracy three ways, the ratio to
+    epochs done, and the results of :func:`ulviz.measure.seeds.seed_table` (accuracy three ways, the ratio to
     its clean twin, UD against that twin)."""
     if not runs:
         return pd.DataFrame(columns=["run", "path"])

@@ -14,7 +14,7 @@ taken at the rounds where those losses were reached. Accuracies here are fractio
 (the original script logs percentage points).
 
 How this differs from a plain per-layer loop, with the same numbers when shuffle is off:
-- the model is split into stages (:func:`ulviz.models.model_stages`); the unperturbed stages
+- the model is split into stages (:func:`ulviz.models.registry.model_stages`); the unperturbed stages
   before a layer run once over the data for *all* layers, and every pass and evaluation of that
   layer's search starts from their cached output;
 - the min and max copies share each batch (and its cached input) and, on a GPU, run as one

@@ -45,7 +45,7 @@ def describe_sal(settings: dict, epochs) -> str:
 
 
 def sal_kwargs(config) -> dict:
-    """layer_sal keyword arguments from a :class:`ulviz.config.SALConfig`."""
+    """layer_sal keyword arguments from a :class:`ulviz.core.config.SALConfig`."""
     return dict(estimator=config.estimator, iters=config.iters, lr_min=config.lr_min, lr_max=config.lr_max,
                 eps=config.eps, batch_size=config.batch_size, shuffle=config.shuffle, seed=config.seed,
                 subset=config.subset)

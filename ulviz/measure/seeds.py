@@ -52,7 +52,7 @@ def clean_twins(runs: dict) -> dict:
     return {k: first[t] for k, r in runs.items() if (t := clean_twin_key(r.config)) in first}
 
 
-ACCURACIES = ("final", "last", "peak")  # the three readings of a run's accuracy (ulviz.accuracy)
+ACCURACIES = ("final", "last", "peak")  # the three readings of a run's accuracy (ulviz.core.accuracy)
 SUMMARY_METRICS = tuple(f"acc_{a}" for a in ACCURACIES) + tuple(f"ratio_{a}" for a in ACCURACIES) + ("UD",)
 
 

@@ -267,7 +267,7 @@ def compute_run_sharpness(path, config: SharpnessConfig = SharpnessConfig(), *, 
     """Compute the sharpness measures of `config` for the epochs of a run file (default: the
     epochs that have SAL, else the last) from its snapshots, storing each epoch's row as it is
     done; epochs already stored with the same settings are skipped. Returns
-    :func:`ulviz.store.read_sharpness` of the file."""
+    :func:`ulviz.store.analyses.read_sharpness` of the file."""
     from ..store.analyses import append_sharpness_row, prepare_sharpness, read_sharpness
     from ..store.runs import open_run
 
@@ -303,7 +303,7 @@ def compute_run_sharpness(path, config: SharpnessConfig = SharpnessConfig(), *, 
 
 def weight_measures(run) -> dict[str, dict]:
     """The data-free measures (weight norm, distance from the initial weights) of every layer at
-    every trained epoch, straight from the snapshots, in :func:`ulviz.store.read_sharpness`'s
+    every trained epoch, straight from the snapshots, in :func:`ulviz.store.analyses.read_sharpness`'s
     format: what the atlas shows before anything is computed (no data, no Hessian: instant)."""
     init = run.snapshot(0)
     epochs = np.arange(1, run.epochs_done + 1)

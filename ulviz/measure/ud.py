@@ -287,7 +287,7 @@ def ud_table(clean, runs) -> tuple["pd.DataFrame", UDResult]:
 
 
 def source_labels(sources: list[SALSource]) -> list[str]:
-    """One label per source, by the rule of :func:`ulviz.store.run_labels` (the dashboard's for
+    """One label per source, by the rule of :func:`ulviz.store.runs.run_labels` (the dashboard's for
     runs, so a run reads the same in every table and legend)."""
     from ..store.runs import run_labels
     return run_labels([(s.name, s.path or Path(s.name)) for s in sources])

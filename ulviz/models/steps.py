@@ -56,7 +56,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Ten
                 order: torch.Tensor, batch_size: int, device: torch.device, augment: str = "none",
                 generator: torch.Generator | None = None, defend=None) -> float:
     """One pass of minibatch training in `order`, each batch augmented (`augment`, randomness from
-    `generator`) and then defended (`defend(x, y, generator)`, see ulviz.defenses); returns the
+    `generator`) and then defended (`defend(x, y, generator)`, see ulviz.protect.defenses); returns the
     mean loss, raises DivergedError on a NaN/inf loss."""
     total = 0.0
     for i in range(0, len(order), batch_size):

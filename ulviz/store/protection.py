@@ -15,7 +15,7 @@ from .files import _as_str, _fixed
 
 # -- stored protections --------------------------------------------------------------------
 #
-#    /protection            attrs: encoding, digest (ulviz.provenance.tensor_digest of the images),
+#    /protection            attrs: encoding, digest (ulviz.core.provenance.tensor_digest of the images),
 #                           shape; the images are rebuilt on the clean training images x:
 #      encoding "patterns": indices (k,), patterns (P, C, H, W) f4, pattern_of (k,):
 #                           out = x; out[indices] = clip(x[indices] + patterns[pattern_of], 0, 1)

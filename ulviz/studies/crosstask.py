@@ -4,7 +4,7 @@ The paper opens with it: unlearnable examples made against classification still 
 learn other tasks on the same images, so they are not truly unlearnable. A study is a grid of
 runs, method x task, all trained on the same (possibly protected) images and scored on clean test
 images. Per run it reports the task's metric, its ratio to the clean run of the same task, the
-linear-probe accuracy (:mod:`ulviz.probe`: class information in the features, whatever the task)
+linear-probe accuracy (:mod:`ulviz.measure.probe`: class information in the features, whatever the task)
 and the UD against the clean run of the same task (SAL with the task's own loss).
 """
 from __future__ import annotations
@@ -77,7 +77,7 @@ def final_iou(run) -> float:
 def crosstask_table(paths: Iterable[str | Path], probe: bool = True) -> pd.DataFrame:
     """One row per run: method, task, metric, score, ratio to its clean twin (the clean run of the
     same task trained the same way: data, model and width, recipe, seed, defenses;
-    :func:`ulviz.ud.clean_twin_key`), probe accuracy and UD against that twin (NaN where the run
+    :func:`ulviz.measure.seeds.clean_twin_key`), probe accuracy and UD against that twin (NaN where the run
     or its twin has no SAL, or where it has no twin among `paths`)."""
     from ..measure.probe import linear_probe
     from ..store.runs import open_run, run_labels

@@ -77,7 +77,7 @@ class DefenseStudy:
 
 def defense_study(paths: Iterable[str | Path]) -> DefenseStudy:
     """The study of the run files `paths`, shown by defense; the method label is the run's name.
-    Each run's ratio and UD are against its clean twin (:func:`ulviz.ud.clean_twin_key`: the
+    Each run's ratio and UD are against its clean twin (:func:`ulviz.measure.seeds.clean_twin_key`: the
     clean run trained the same way, under the same defenses). Runs without SAL (or whose clean
     twin has none) get accuracy and ratio, no UD."""
     from ..core.errors import UlvizError

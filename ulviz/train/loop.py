@@ -148,7 +148,7 @@ def replay(path: str | Path, epochs: int, threads: int | None = None) -> TrainRe
     """The first `epochs` epochs of the run file at `path` trained again, in memory, from its
     stored config (initial weights, data order and augmentation from its seeds, the lr schedule
     of its full length) on the images it trained on (read from the file and digest-checked by
-    :func:`ulviz.trainset.run_training_data`), without SAL, on `threads` CPU threads (None: as
+    :func:`ulviz.protect.trainset.run_training_data`), without SAL, on `threads` CPU threads (None: as
     set). What `ulviz verify` compares. The thread count matters: the CPU splits each weight
     gradient's sum over the batch across threads, and the bundled clean demo's epoch-1 train loss
     retrains as 2.971 / 2.410 / 2.788 on 1 / 2 / 4 threads (it was made on 2)."""

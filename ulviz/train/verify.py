@@ -5,7 +5,7 @@ Three checks, each reported line by line as ``ok``, ``DIFFERS`` or ``note``:
 1. inputs: the clean training set loaded now and the protected one as trained (the file's stored
    protection, or the protection regenerated now) against the digests the file recorded;
 2. training: the first K epochs retrained from the stored config on the images it trained on
-   (:func:`ulviz.training.replay`), metrics of epochs 0..K and the weights after epoch K against
+   (:func:`ulviz.train.loop.replay`), metrics of epochs 0..K and the weights after epoch K against
    the file's, exactly (or within `tolerance`);
 3. environment: every recorded field (versions, code revision, device, threads, determinism
    settings) that differs from this process's, listed as a note: it does not fail verification
@@ -158,7 +158,7 @@ def _retraining(run, epochs: int, tolerance: float, threads: int | None, report:
 
 def reusable_run(path: str | Path, config) -> bool:
     """Whether the run file at `path` may stand in for training `config` again: complete, of the
-    same config (its name aside), made by this very code (ulviz.provenance.code_digest: the
+    same config (its name aside), made by this very code (ulviz.core.provenance.code_digest: the
     package's source, exact in a dirty checkout too) and on the inputs this machine would give it
     (the clean and protected training sets' digests checked). Never on the config alone: an
     earlier benchmark trained on images protected twice under the same config."""

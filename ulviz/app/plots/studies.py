@@ -96,7 +96,7 @@ def defense_layers(fractions: pd.DataFrame, method: str) -> go.Figure:
 
 def group_bars(summary: pd.DataFrame, metric: str, label: str, bounds: tuple[float, float] | None = None) -> go.Figure:
     """One bar per group at the mean of `metric` with its 95% t interval as whiskers; `summary`
-    from :func:`ulviz.compare.group_summary` (group, n, <metric>_mean/_lo/_hi). `bounds`: the
+    from :func:`ulviz.measure.compare.group_summary` (group, n, <metric>_mean/_lo/_hi). `bounds`: the
     metric's possible range (accuracy: 0 to 1), the axis's range: a t interval over two runs can
     reach past it, and an axis down to -0.5 accuracy reads as if such values were possible."""
     mean, lo, hi = (summary[f"{metric}_{c}"].to_numpy(dtype=float) for c in ("mean", "lo", "hi"))
@@ -115,7 +115,7 @@ def group_bars(summary: pd.DataFrame, metric: str, label: str, bounds: tuple[flo
 
 def group_bands(bands: dict[str, pd.DataFrame], label: str = ACC_AXIS) -> go.Figure:
     """Per group a line at the mean over its runs, epoch by epoch, in a band of the 95% t interval
-    (bands: group -> epoch, n, mean, lo, hi from :func:`ulviz.compare.curve_band`)."""
+    (bands: group -> epoch, n, mean, lo, hi from :func:`ulviz.measure.compare.curve_band`)."""
     fig = go.Figure()
     for i, (group, band) in enumerate(bands.items()):
         colour = PALETTE[i % len(PALETTE)]

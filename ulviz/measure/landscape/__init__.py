@@ -4,7 +4,7 @@ A point of a plane is θ + α·d + β·e for the origin weights θ and two direc
 one). Directions are random with filter normalization (Li et al., NeurIPS 2018), layer
 normalization or none; restricted to one weight tensor (the landscape that layer's SAL measures);
 the straight line between two weight states; or given by the caller (the PCA directions of a
-weight path, from :mod:`ulviz.trajectory`). Biases and normalization-layer parameters (every
+weight path, from :mod:`ulviz.measure.trajectory`). Biases and normalization-layer parameters (every
 tensor of one dimension or less) are left out of random directions unless `keep_biasbn`.
 
 The model is evaluated in eval mode: batch-norm statistics stay frozen at the origin's running

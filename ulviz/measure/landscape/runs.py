@@ -38,7 +38,7 @@ def run_data(run, split: str = "test", subset: int | None = None) -> tuple[torch
     if split not in SPLITS:
         raise UnknownNameError("split", split, list(SPLITS))
     from ...protect.trainset import run_training_data
-    # the run's inputs and targets: the images it trained on, digest-checked (ulviz.trainset)
+    # the run's inputs and targets: the images it trained on, digest-checked (ulviz.protect.trainset)
     data = run_training_data(run, _run_dataset(run), protected=split == "train")
     x, y = (data.x_test, data.y_test) if split == "test" else (data.x_train, data.y_train)
     if subset is not None:
@@ -71,12 +71,12 @@ def run_landscape(path, kind: str = "plane", *, epoch: int = -1, resolution: int
     kind: "line" / "plane" (random directions around the weights at `epoch`), "interp" (the line
     from the initial weights to those at `epoch`, or to the final weights of the run file `other`
     of the same architecture; α = 0 and 1 are the two ends) or "pca" (the plane of the run's
-    weight path, or of its path and `other`'s together, see :mod:`ulviz.trajectory`, centred on its
+    weight path, or of its path and `other`'s together, see :mod:`ulviz.measure.trajectory`, centred on its
     final weights; `span` is then the
     margin around the path, as a fraction of its extent). `span` defaults to (-1, 1), (-0.5, 1.5)
     for "interp" and a margin of 0.25 for "pca". Points already cached are not recomputed;
     `compute=False` returns only what is cached (None if nothing is). With `cache_file` (see
-    :func:`ulviz.store.landscape_cache_path`) the run file is only read: what it lacks is read
+    :func:`ulviz.store.caches.landscape_cache_path`) the run file is only read: what it lacks is read
     from and written to that file instead.
     """
     from ...store.runs import open_run

@@ -42,7 +42,7 @@ class Method:
     summary: str  # one line: paper and idea
     kinds: dict = field(default_factory=dict)  # the type of each parameter whose default is None (int, float, str)
     # it trains a surrogate: its output depends on float reductions, so it is generated with a fixed
-    # thread count, its cache key names its code, and a run file stores what it made (ulviz.trainset)
+    # thread count, its cache key names its code, and a run file stores what it made (ulviz.protect.trainset)
     trained: bool = False
 
 
