@@ -10,6 +10,7 @@ from ulviz.app import plots, ui
 from ulviz.app.jobs import BUILT_IN_DATASETS, JobManager, add_run_file, launch_config, read_run_source
 from ulviz.core.accuracy import accuracy_columns
 from ulviz.core.errors import UlvizError
+from ulviz.core.provenance import PROVENANCE_COLUMNS, provenance_columns
 from ulviz.data.datasets import list_datasets
 from ulviz.data.recipes import AUGMENTATIONS, list_recipes
 from ulviz.measure.compare import comparable
@@ -56,6 +57,12 @@ else:
         for i, column in enumerate(("acc_final", "acc_last", "acc_peak")):
             table.insert(at + i, column, [a.get(column) for a in acc])
         table = table.drop(columns=[c for c in ("test_acc",) if c in table.columns])
+        if st.toggle("Show provenance", key="home_provenance",
+                     help="What made each run: code revision, code digest, torch, device, threads, the digest "
+                          "of the images it trained on, and whether its protection is stored in the file."):
+            cells = [provenance_columns(by_file[f].provenance) if f in by_file else {} for f in table["file"]]
+            for column in PROVENANCE_COLUMNS:
+                table[column] = [c.get(column) for c in cells]
     three = {c: st.column_config.NumberColumn(c.replace("_", " "), format="%.3f") for c in
              ("train_acc", "acc_final", "acc_last", "acc_peak")}
     st.dataframe(table, width="stretch", hide_index=True, column_config=three)

@@ -51,6 +51,8 @@ def main() -> None:
     p.add_argument("--data-dir", help="default: data/cifar10-subset for cifar10")
     p.add_argument("--model", help="victim (default: resnet18 of width 8 on cifar10, lenet5 elsewhere)")
     p.add_argument("--width", type=int)
+    p.add_argument("--surrogate", help="crafting network of em, tap, rem as NAME:WIDTH (default: the victim's "
+                   "on a GPU; on a CPU the demo's resnet18:8, so the demo's cached protections are reused)")
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--seeds", default="0,1,2", help="training seeds (the protections are generated once)")
     p.add_argument("--methods", help="comma-separated labels (clean is always run)")
@@ -101,6 +103,11 @@ def _plan(args, seeds):
     data = DataConfig(args.dataset, args.data_dir)
     wanted = set(args.methods.split(",")) | {"clean"} if args.methods else None
     surrogate = {"surrogate": model, "surrogate_width": width}
+    if args.surrogate:
+        name, _, w = args.surrogate.partition(":")
+        surrogate = {"surrogate": name, "surrogate_width": int(w) if w else None}
+    elif args.device == "cpu":
+        from ulviz.studies.demo import SURROGATE as surrogate
     plan = []
     for label, method, params in METHODS:
         if wanted and label not in wanted:
@@ -197,6 +204,7 @@ def _report(args, seeds, paths, gen_s, planned: int) -> str:
             f"- command: `python {' '.join(sys.argv)}`\n- code revision: {rev[:12]}{' (dirty tree)' if dirty else '' if dirty is False else ' (tree state unknown)'}\n"
             f"- date: {date.today().isoformat()}; device: {device}; torch {torch.__version__}; "
             f"workers {args.workers}; {len(paths)} of {planned} planned runs finished\n"
+            f"{_surrogate_line(paths)}"
             f"- protections generated once (poison seed 0); each seed's run is compared with the clean run of the "
             f"same seed (ratio and UD); mean over seeds [95% t interval]\n"
             f"- accuracy on the clean test set: final epoch, mean of the last 4 trained epochs, best epoch\n"
@@ -207,6 +215,16 @@ def _report(args, seeds, paths, gen_s, planned: int) -> str:
     per_run = table[["run", "seed", "acc_final", "acc_last", "acc_peak", "ratio_last", "UD"]].to_string(
         index=False, float_format=lambda v: f"{v:.3f}")
     return head + "```\n" + text.to_string(index=False) + "\n```\n\nPer run:\n\n```\n" + per_run + "\n```\n"
+
+
+def _surrogate_line(paths) -> str:
+    """Which network crafted the surrogate-based protections, and with what settings (one line)."""
+    from ulviz import open_run
+    for path in paths:
+        cfg = open_run(path).config.poison
+        if "surrogate" in cfg.params:
+            return f"- {cfg.method} and the other surrogate-based methods crafted with: {cfg.params}\n"
+    return ""
 
 
 if __name__ == "__main__":

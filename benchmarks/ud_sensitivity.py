@@ -3,9 +3,9 @@
 For run files of one clean run and protected runs of the same seed (by default the seed-0 runs of
 benchmarks/poison_effect.py), exact SAL is computed post hoc (in memory, never written into the
 run files) on the images each run trained on, under each variant of one choice at a time, the
-others held at the reference (512 images, eps 0.05, the SAL epochs given, the 2-means midpoint):
+others held at the reference (--reference-subset images, 512 unless given; eps 0.05, the SAL epochs given, the 2-means midpoint):
 
-- the SAL sample count: 128 / 512 / 1024 / all images;
+- the SAL sample count: --subsets (128 / 512 / 1024 / all images unless given);
 - the radius eps: 0.025 / 0.05 / 0.1;
 - the epochs: every one given / the last half / the last one;
 - the threshold rule: the exact 2-means midpoint; scikit-learn's KMeans(n_clusters=2) with a
@@ -31,7 +31,6 @@ import numpy as np
 import pandas as pd
 
 REFERENCE = dict(subset=512, eps=0.05)
-SUBSETS = (128, 512, 1024, None)  # None = every image the run trained on
 RADII = (0.025, 0.05, 0.1)
 
 
@@ -41,10 +40,18 @@ def main() -> None:
     p.add_argument("--epochs", required=True, help="epochs to measure SAL at, e.g. 5,10,15,20")
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=1, help="run files measured at once (processes)")
+    p.add_argument("--reference-subset", type=int, default=REFERENCE["subset"],
+                   help="the reference setting's SAL sample count (the other columns vary one choice from it)")
+    p.add_argument("--subsets", default="128,512,1024,all",
+                   help="SAL sample counts to vary over ('all': every image the run trained on)")
     p.add_argument("--out", help="also write the report (markdown) here")
     args = p.parse_args()
     epochs = [int(e) for e in args.epochs.split(",")]
-    settings = [dict(REFERENCE, subset=s) for s in SUBSETS] + [dict(REFERENCE, eps=e) for e in RADII if e != 0.05]
+    REFERENCE["subset"] = args.reference_subset
+    args.subsets = [None if v == "all" else int(v) for v in args.subsets.split(",")]
+    if REFERENCE["subset"] not in args.subsets:
+        args.subsets.append(REFERENCE["subset"])
+    settings = [dict(REFERENCE, subset=s) for s in args.subsets] + [dict(REFERENCE, eps=e) for e in RADII if e != 0.05]
     jobs = [(path, s, epochs, args.device) for path in args.runs for s in settings]
     start = time.perf_counter()
     if args.workers > 1:
@@ -78,6 +85,9 @@ def sal_matrix(path: str, setting: dict, epochs: list[int], device: str) -> np.n
     from ulviz.protect.trainset import run_training_data
 
     run = open_run(path)
+    stored = _stored_sal(run, setting, epochs)
+    if stored is not None:  # the run's own SAL was measured with exactly this setting
+        return stored
     key = hashlib.sha256(f"{run.created}|{sorted(setting.items())}|{epochs}".encode()).hexdigest()[:12]
     cache = Path(path).parent / "sensitivity" / f"{Path(path).stem}-{key}.npy"
     if cache.exists():
@@ -97,6 +107,19 @@ def sal_matrix(path: str, setting: dict, epochs: list[int], device: str) -> np.n
     return np.array(rows)
 
 
+def _stored_sal(run, setting: dict, epochs: list[int]) -> np.ndarray | None:
+    """(epochs x layers) SAL from the run file when it was computed with `setting` and this script's
+    fixed choices (exact, 10 rounds, lr 0.1, the first images of the train split) at every epoch."""
+    s = run.sal_settings or {}
+    same = (s.get("estimator") == "exact" and s.get("iters") == 10 and s.get("lr_min") == s.get("lr_max") == 0.1
+            and s.get("split") == "train" and not s.get("shuffle") and s.get("eps") == setting["eps"]
+            and s.get("subset") == setting["subset"])
+    where = {int(e): i for i, e in enumerate(run.sal_epochs)}
+    if not same or not all(e in where for e in epochs):
+        return None
+    return np.asarray(run.sal["sal"])[[where[e] for e in epochs]]
+
+
 def _report(args, epochs, sal, seconds) -> str:
     from ulviz import open_run
     from ulviz.measure.ud import unlearnable_distance
@@ -112,7 +135,7 @@ def _report(args, epochs, sal, seconds) -> str:
         c = sal[(clean, label)][rows]
         return {names[p]: unlearnable_distance(c, {"r": sal[(p, label)][rows]}, **rule).ud["r"] for p in others}
 
-    for s in SUBSETS:
+    for s in args.subsets:
         cols[f"n={s or 'all'}"] = ud(_label(dict(REFERENCE, subset=s)))
     for e in RADII:
         cols[f"eps={e}"] = ud(_label(dict(REFERENCE, eps=e)))
@@ -130,7 +153,7 @@ def _report(args, epochs, sal, seconds) -> str:
     return (f"# UD sensitivity: {first.model.name} (width {first.model.width}) on {first.data.name}, seed "
             f"{first.train.seed}\n\n- command: `python {' '.join(sys.argv)}`\n- code revision: {rev}; date: "
             f"{date.today().isoformat()}; device: {args.device}; {seconds:.0f} s\n"
-            f"- reference setting: exact SAL (10 rounds, lr 0.1) on the first 512 images each run trained on, eps "
+            f"- reference setting: exact SAL (10 rounds, lr 0.1) on the first {REFERENCE['subset']} images each run trained on, eps "
             f"0.05, at epochs {epochs}, threshold the clean run's 2-means midpoint; each column changes one choice\n"
             f"- UD of each protected run against the clean run of the same seed\n\n```\n"
             + table.to_string(float_format=lambda v: f"{v:.2f}") + "\n```\n")

@@ -70,6 +70,17 @@ def test_home_lists_runs_and_reports_bad_files(tmp_path, monkeypatch):
     assert len(_charts(at)) == 1  # accuracy curves of the readable run
 
 
+def test_home_shows_provenance_on_request(tmp_path, monkeypatch):
+    train(tiny_config(epochs=1), tmp_path / "good.h5")
+    at = _app("app.py", tmp_path, monkeypatch).run()
+    assert "code_digest" not in at.dataframe[0].value.columns  # not by default: the table stays narrow
+    at = at.toggle(key="home_provenance").set_value(True).run()
+    table = at.dataframe[0].value
+    assert not at.exception
+    assert table["code_digest"].iloc[0] == open_run(tmp_path / "good.h5").provenance["environment"]["code_digest"]
+    assert table["protection"].iloc[0] in ("stored", "re-derived") and table["threads"].iloc[0] >= 1
+
+
 def test_home_with_no_runs(tmp_path, monkeypatch):
     at = _app("app.py", tmp_path, monkeypatch).run()
     assert not at.exception and "No run files" in at.info[0].value

@@ -245,3 +245,16 @@ def test_reuse_keys_on_code_and_input_digests_never_on_the_config_alone(tmp_path
     with h5py.File(other, "a") as f:
         del f.attrs["provenance"]
     assert not reusable_run(other, config)
+
+
+def test_provenance_columns_summarise_the_stored_record(em_run):
+    from ulviz.core.provenance import PROVENANCE_COLUMNS, code_revision, provenance_columns
+    run = open_run(em_run)
+    cells = provenance_columns(run.provenance)
+    assert tuple(cells) == PROVENANCE_COLUMNS
+    commit, dirty = code_revision()
+    assert cells["code"] == (None if commit is None else commit[:12] + ("+dirty" if dirty else ""))
+    assert cells["trained_on"] == run.provenance["digests"]["protected_train"][:12]
+    assert cells["protection"] == "stored" and cells["threads"] == torch.get_num_threads()
+    # a file written before provenance was recorded: every cell empty, nothing raised
+    assert set(provenance_columns({}).values()) == {None}

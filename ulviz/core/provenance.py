@@ -119,6 +119,26 @@ RESULT_FIELDS = ("torch", "numpy", "code_revision", "code_dirty", "code_digest",
                  "deterministic_algorithms", "cudnn_deterministic", "cudnn_benchmark")
 
 
+# the provenance columns of a runs table, in order (see provenance_columns)
+PROVENANCE_COLUMNS = ("code", "code_digest", "torch", "device", "threads", "trained_on", "protection")
+
+
+def provenance_columns(provenance: dict) -> dict:
+    """A run file's stored provenance as short table cells (the columns of PROVENANCE_COLUMNS):
+    the code revision (12 hex, "+dirty" when the tree had changes), the code digest, torch, the
+    device, the thread count, the first 12 hex of the digest of the images as trained, and whether
+    the protection is stored in the file. Cells are None where the file recorded nothing (a file
+    written before ulviz recorded provenance)."""
+    env, digests = provenance.get("environment") or {}, provenance.get("digests") or {}
+    commit = env.get("code_revision")
+    code = None if commit is None else commit[:12] + ("+dirty" if env.get("code_dirty") else "")
+    stored = digests.get("protection_stored")
+    return {"code": code, "code_digest": env.get("code_digest"), "torch": env.get("torch"),
+            "device": env.get("device"), "threads": env.get("torch_threads"),
+            "trained_on": (digests.get("protected_train") or "")[:12] or None,
+            "protection": None if stored is None else ("stored" if stored else "re-derived")}
+
+
 @contextmanager
 def fixed_threads(n: int = GENERATION_THREADS) -> Iterator[None]:
     """Run the block with torch's intra-op thread count set to `n`, restored afterwards."""
