@@ -122,7 +122,7 @@ def _stored_sal(run, setting: dict, epochs: list[int]) -> np.ndarray | None:
 
 def _report(args, epochs, sal, seconds) -> str:
     from ulviz import open_run
-    from ulviz.measure.ud import unlearnable_distance
+    from ulviz.measure.ud import ud_variants, unlearnable_distance
 
     runs = {path: open_run(path) for path in args.runs}
     clean = next(p for p, r in runs.items() if r.config.poison.method == "clean")
@@ -131,21 +131,16 @@ def _report(args, epochs, sal, seconds) -> str:
     ref = _label(REFERENCE)
     cols = {}
 
-    def ud(label, rows=slice(None), **rule):
-        c = sal[(clean, label)][rows]
-        return {names[p]: unlearnable_distance(c, {"r": sal[(p, label)][rows]}, **rule).ud["r"] for p in others}
+    def ud(label):
+        return {names[p]: unlearnable_distance(sal[(clean, label)], {"r": sal[(p, label)]}).ud["r"] for p in others}
 
     for s in args.subsets:
         cols[f"n={s or 'all'}"] = ud(_label(dict(REFERENCE, subset=s)))
     for e in RADII:
         cols[f"eps={e}"] = ud(_label(dict(REFERENCE, eps=e)))
-    half = len(epochs) // 2
-    cols[f"epochs {epochs[half]}-{epochs[-1]}"] = ud(ref, slice(half, None))
-    cols[f"epoch {epochs[-1]}"] = ud(ref, slice(-1, None))
-    draws = [ud(ref, rule="kmeans", seed=s) for s in range(10)]
-    cols["kmeans (10 draws)"] = {n: f"{min(d[n] for d in draws):.2f}-{max(d[n] for d in draws):.2f}" for n in draws[0]}
-    cols["median rule"] = ud(ref, rule="percentile", q=50)
-    cols["75th pct rule"] = ud(ref, rule="percentile", q=75)
+    # the threshold rules and the epochs counted, on the reference setting's SAL (as the UD page does)
+    variants = ud_variants(sal[(clean, ref)], {names[p]: sal[(p, ref)] for p in others}, epochs)
+    cols.update(variants.drop(columns="midpoint (reference)").to_dict())
     table = pd.DataFrame(cols)
     from ulviz.core.provenance import code_revision
     rev = (code_revision()[0] or "unknown")[:12]

@@ -7,7 +7,7 @@ from ulviz.app import plots, ui
 from ulviz.core.accuracy import accuracy_columns
 from ulviz.measure.sal_runs import describe_sal
 from ulviz.measure.seeds import seed_summary, seed_table, summary_text
-from ulviz.measure.ud import study_ud
+from ulviz.measure.ud import study_ud, ud_variants
 
 ui.page("Unlearnable Distance",
         "UD = the number of learnable layers per epoch of a protected run divided by the clean reference's (Ye, "
@@ -59,6 +59,21 @@ st.dataframe(table, width="stretch", hide_index=True, column_config={
 st.caption("Accuracy as a fraction of the clean test set, read three ways: at the last epoch, the mean of the last 4 "
            "trained epochs (epoch 0, the untrained model, never counts) and the best epoch.")
 st.download_button("Download the table (CSV)", table.to_csv(index=False), "ud.csv", "text/csv")
+with st.expander("How much UD moves with the threshold rule and the epochs counted", expanded=False):
+    same = [(label, src) for label, src in zip(table["run"], study.sources)
+            if src is not study.reference and list(src.sal_epochs) == list(study.reference.sal_epochs)]
+    if same:
+        variants = ui.guard(ud_variants, study.reference.sal, {label: src.sal for label, src in same},
+                            study.reference.sal_epochs)
+        if variants is not None:
+            st.dataframe(variants, width="stretch")
+            st.caption("UD of each run (rows) against the reference when one choice changes: the threshold from the "
+                       "exact 2-means midpoint (the reference), from scikit-learn's KMeans as the original calls it "
+                       "(the range over 10 random starts), or the clean SAL's median or 75th percentile; and only the "
+                       "later SAL epochs counted. The SAL sample count and eps change the SAL itself: "
+                       "`benchmarks/ud_sensitivity.py` recomputes it (docs/science.md has the table).")
+    else:
+        st.caption("No run has SAL at the reference's epochs.")
 ui.chart(plots.counts_per_epoch(result.per_epoch, study.sal_epochs(), colours=ui.colours()), "ud-counts",
          caption=plots.CAPTIONS["counts"])
 notes = study.skipped + result.warnings

@@ -137,6 +137,10 @@ def test_ud_page_table_and_download(study, monkeypatch, tmp_path):
     labels = [b.proto.label for b in at.get("download_button")]
     assert "Download the table (CSV)" in labels
     assert {"PNG", "SVG", "PDF", "CSV"} <= set(labels) or "CSV" in labels  # every chart's exports
+    # the sensitivity panel: one row per protected run, the reference column equal to the table's UD
+    variants = at.dataframe[1].value
+    assert list(variants.index) == ["random"] and "median rule" in variants.columns
+    assert variants["midpoint (reference)"].iloc[0] == pytest.approx(table["UD"].iloc[1])
 
 
 def test_every_chart_has_its_export_buttons(study, monkeypatch, tmp_path):

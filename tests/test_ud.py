@@ -267,3 +267,20 @@ def test_twin_pairing_with_two_clean_runs_of_other_widths_in_one_directory(tmp_p
     assert ds.loc[str(paths[2]), "ratio"] == pytest.approx(want) and ds.loc[str(paths[2]), "UD"] == pytest.approx(want_ud)
     st = seed_table(paths).set_index("path")
     assert st.loc[str(paths[2]), "ratio_last"] == pytest.approx(want) and st.loc[str(paths[2]), "UD"] == pytest.approx(want_ud)
+
+
+def test_ud_variants_against_a_hand_count():
+    """Two epochs x four layers, worked by hand. Clean rows: per-epoch 2-means midpoints 0.5 and
+    0.5 (values 0,0,1,1 and 0,0,1,1), so the threshold is 0.5 and the clean run has 2 learnable
+    layers per epoch. The run: 3 layers above 0.5 at epoch 1, 1 at epoch 2."""
+    from ulviz.measure.ud import ud_variants
+    clean = np.array([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 1.0]])
+    run = np.array([[0.9, 0.8, 0.7, 0.1], [0.9, 0.1, 0.1, 0.1]])
+    table = ud_variants(clean, {"r": run}, epochs=[5, 10])
+    assert table.loc["r", "midpoint (reference)"] == pytest.approx((3 + 1) / 2 / 2)
+    assert table.loc["r", "epochs 10-10"] == pytest.approx(1 / 2) == table.loc["r", "epoch 10"]
+    assert table.loc["r", "kmeans, 10 starts"] == "1.00-1.00"  # two clear clusters: every start agrees
+    # the median of the clean values (0.5) and their 75th percentile (1.0): no clean value is
+    # above 1.0, so UD is undefined there (NaN), never a division by zero
+    assert table.loc["r", "median rule"] == pytest.approx(1.0)
+    assert np.isnan(table.loc["r", "75th pct rule"])

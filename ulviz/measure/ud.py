@@ -162,6 +162,35 @@ def _matrix(sal, name: str) -> np.ndarray:
     return a
 
 
+def ud_variants(clean_sal, runs_sal: dict[str, np.ndarray], epochs: list[int] | None = None,
+                draws: int = 10) -> "pd.DataFrame":
+    """How much UD moves with the choices that need no new SAL, one row per run of `runs_sal`:
+    the threshold rule (the exact 2-means midpoint, the reference; the original's KMeans over
+    `draws` random starts, as its min-max; the clean SAL's median and 75th percentile), and the
+    epochs counted (every SAL epoch, the last half, the last one; `epochs` labels the rows of the
+    matrices). The sample count and eps change the SAL itself: benchmarks/ud_sensitivity.py."""
+    import pandas as pd
+    clean = _matrix(clean_sal, "clean run")
+    epochs = list(epochs) if epochs is not None else list(range(1, len(clean) + 1))
+    half = len(epochs) // 2
+
+    def ud(rows=slice(None), **rule) -> dict[str, float]:
+        with warnings.catch_warnings():  # the reference's warnings were shown with it
+            warnings.simplefilter("ignore", UDWarning)
+            try:
+                return unlearnable_distance(clean[rows], {n: _matrix(s, n)[rows] for n, s in runs_sal.items()},
+                                            **rule).ud
+            except UlvizError:  # e.g. no clean layer above this rule's threshold: UD undefined here
+                return {n: float("nan") for n in runs_sal}
+    draws_ud = [ud(rule="kmeans", seed=s) for s in range(draws)]
+    cols = {"midpoint (reference)": ud(),
+            f"kmeans, {draws} starts": {n: f"{min(d[n] for d in draws_ud):.2f}-{max(d[n] for d in draws_ud):.2f}"
+                                          for n in runs_sal},
+            "median rule": ud(rule="percentile", q=50), "75th pct rule": ud(rule="percentile", q=75),
+            f"epochs {epochs[half]}-{epochs[-1]}": ud(slice(half, None)), f"epoch {epochs[-1]}": ud(slice(-1, None))}
+    return pd.DataFrame(cols)
+
+
 # -- the original implementation's logs --------------------------------------------------------
 
 _DETAIL = re.compile(
