@@ -124,7 +124,10 @@ def search_floor(model, x, y, iters, batch_size, dev) -> dict:
     return dict(fwd_bwd_ms=1e3 * t_fb, floor_plain_s=per_pass * len(fractions), floor_shared_s=per_pass * sum(fractions))
 
 
-def speed_row(label, model, x, y, iters, batch_size, device="cpu"):
+PATHS = ("plain", "exact", "batched", "fast")
+
+
+def speed_row(label, model, x, y, iters, batch_size, device="cpu", only=PATHS):
     """Every path timed on the same model and data; a path that runs out of memory is reported
     as OOM and the row goes on. Prints a line per path as it finishes."""
     kw = dict(iters=iters, batch_size=batch_size)
@@ -139,15 +142,15 @@ def speed_row(label, model, x, y, iters, batch_size, device="cpu"):
              "exact": lambda: layer_sal(model, (x, y), device=dev, batched=False, **kw),
              "batched": lambda: layer_sal(model, (x, y), device=dev, batched=True, **kw),
              "fast": lambda: layer_sal(model, (x, y), estimator="fast", subset=len(x), device=dev, **kw)}
-    results = {}
-    for name, fn in paths.items():
+    results = {name: {"error": "not run"} for name in paths}
+    for name, fn in ((n, f) for n, f in paths.items() if n in only):
         results[name] = r = measured(fn, dev)
         row[f"{name}_s"] = r.get("s", r.get("error"))
         if dev.type == "cuda":
             row[f"{name}_gib"] = r.get("gib", r.get("error"))
         note = r.get("detail", f"{r['s']:.3g} s" + (f", peak {r['gib']:.2f} GiB" if dev.type == "cuda" else ""))
         print(f"  {label}: {name}: {note}", flush=True)
-    plain = results["plain"].get("out")
+    plain = results["plain"].get("out") or results["exact"].get("out")
     row["layers"] = len(plain) if plain else None
     for name in ("exact", "batched", "fast"):
         ok = "s" in results[name] and "s" in results["plain"]
@@ -168,6 +171,28 @@ def speed_row(label, model, x, y, iters, batch_size, device="cpu"):
     row["max_diff_acc"] = diff("exact", "plain", ("acc_drop", "acc_rise"))
     print(" ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
     return row
+
+
+def default_rows(args, base, only) -> list[dict]:
+    """The rows of the demo model (lenet5 on digits) and of a resnet18 of width 16 on 32x32 digits."""
+    snaps = []
+    train(base, callbacks=[lambda c: snaps.append({k: v.clone() for k, v in c.model.state_dict().items()})])
+    ds = load_dataset("digits")
+    lenet = create_model("lenet5", ds.image_shape, 10)
+    lenet.load_state_dict(snaps[-1])
+    rows = [speed_row("lenet5 / digits (train set)", lenet, ds.x_train, ds.y_train, iters=10, batch_size=256,
+                      device=args.device, only=only)]
+    xr, yr = resnet_set(32 if args.quick else args.resnet_samples)
+    torch.manual_seed(0)
+    resnet = create_model("resnet18", (3, 32, 32), 10, width=16)
+    opt = torch.optim.SGD(resnet.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(20):  # a few steps so the model is not at its random init
+        opt.zero_grad()
+        F.cross_entropy(resnet(xr), yr).backward()
+        opt.step()
+    rows.append(speed_row("resnet18(w16) / digits@32x32", resnet, xr, yr, iters=2 if args.quick else 10, batch_size=32,
+                          device=args.device, only=only))
+    return rows
 
 
 def write_results(path, table: str, args) -> None:
@@ -211,33 +236,22 @@ def main():
     p.add_argument("--cifar-samples", type=int, default=512, help="training images of the CIFAR rows")
     p.add_argument("--cifar-models", default="lenet5,cnn,resnet18:16,resnet18",
                    help="comma-separated NAME[:WIDTH] of the CIFAR rows (default: the issue 26 table)")
+    p.add_argument("--paths", default=",".join(PATHS), help="the paths to time (the plain loop is the speed-ups' base)")
+    p.add_argument("--cifar-only", action="store_true", help="only the CIFAR rows (with --cifar)")
     p.add_argument("--results", help="also write the speed table to this markdown file (command, revision, date)")
     args = p.parse_args()
+    only = tuple(args.paths.split(","))
     torch.set_num_threads(max(1, torch.get_num_threads()))
     epochs = args.epochs or (4 if args.quick else 15)
     import pandas as pd
     pd.set_option("display.width", 200)
 
     # --- speed on one trained model per case --------------------------------------------------
+    rows = []
     base = RunConfig(name="clean", data=DataConfig("digits"), model=ModelConfig("lenet5"),
                      train=TrainConfig(epochs=epochs, device="cpu"))
-    snaps = []
-    train(base, callbacks=[lambda c: snaps.append({k: v.clone() for k, v in c.model.state_dict().items()})])
-    ds = load_dataset("digits")
-    lenet = create_model("lenet5", ds.image_shape, 10)
-    lenet.load_state_dict(snaps[-1])
-    rows = [speed_row("lenet5 / digits (train set)", lenet, ds.x_train, ds.y_train, iters=10, batch_size=256,
-                      device=args.device)]
-    xr, yr = resnet_set(32 if args.quick else args.resnet_samples)
-    torch.manual_seed(0)
-    resnet = create_model("resnet18", (3, 32, 32), 10, width=16)
-    opt = torch.optim.SGD(resnet.parameters(), lr=0.05, momentum=0.9)
-    for _ in range(20):  # a few steps so the model is not at its random init
-        opt.zero_grad()
-        F.cross_entropy(resnet(xr), yr).backward()
-        opt.step()
-    rows.append(speed_row("resnet18(w16) / digits@32x32", resnet, xr, yr, iters=2 if args.quick else 10, batch_size=32,
-                          device=args.device))
+    if not (args.cifar and args.cifar_only):
+        rows += default_rows(args, base, only)
     if args.cifar:
         cifar = load_dataset(DataConfig("cifar10", data_dir=args.cifar, train_limit=args.cifar_samples))
         for spec in args.cifar_models.split(","):
@@ -251,7 +265,7 @@ def main():
                 opt.step()
             rows.append(speed_row(f"{name}{'(w' + width + ')' if width else ''} / cifar10 ({len(cifar.x_train)} images)",
                                   net.eval(), cifar.x_train, cifar.y_train, iters=2 if args.quick else 10,
-                                  batch_size=128, device=args.device))
+                                  batch_size=128, device=args.device, only=only))
     table = pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3g}")
     print(f"\n== SAL speed on {args.device} (seconds; speed-ups over the plain per-layer loop; "
           f"floor = measured forward+backward x the passes the search must make) ==")
