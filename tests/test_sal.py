@@ -321,3 +321,26 @@ def test_channels_last_gives_the_plain_loops_numbers_float64(monkeypatch):
         for layer, r in ref.items():
             for part, value in r.items():
                 assert abs(getattr(ours[layer], part) - value) <= 1e-5, (layer, part, batched)
+
+
+def test_measured_path_choice_times_both_paths_and_keeps_the_loops_numbers_float64():
+    """batched="measure" (the GPU default) times one step of each path, then runs the cheaper one:
+    whichever it is, the numbers are the plain loop's."""
+    from ulviz.measure.sal import measured_step_costs
+    from ulviz.measure.sal_batched import _layer_groups
+    from ulviz.measure.sal_stages import _Chain
+    from ulviz.models.registry import weight_layer_names
+    model = _trained("cnn", width=4, epochs=1).double().eval().requires_grad_(False)
+    ds = load_dataset("synthetic", train_limit=64)
+    x, y = ds.x_train.double(), ds.y_train
+    names = weight_layer_names(model)
+    chain = _Chain(model, x, 32, 1 << 30)
+    per_layer, batched = measured_step_costs(chain, y, names, _layer_groups(model, x[:1], names, 64, 1 << 30))
+    assert per_layer > 0 and batched > 0
+    ref = reference_sal(model, x, y, iters=2, lr=0.5, eps=0.05, batch_size=32)
+    ours = layer_sal(model, (x, y), iters=2, lr_min=0.5, lr_max=0.5, batch_size=32, device="cpu", batched="measure")
+    for layer, r in ref.items():
+        for part, value in r.items():
+            assert abs(getattr(ours[layer], part) - value) <= 1e-5, (layer, part)
+    with pytest.raises(UlvizError, match="batched must be"):
+        layer_sal(model, (x, y), iters=1, batched="sometimes")

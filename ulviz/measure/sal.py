@@ -35,6 +35,7 @@ fidelity to `exact` is measured by ``benchmarks/sal_speed.py``.
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -48,7 +49,7 @@ from ..core.devices import compute_device
 from ..core.errors import UlvizError, UnknownNameError
 from ..models.registry import weight_layer_names
 from ..models.steps import correct_count
-from .sal_batched import _default_budget, _exact_all_layers, _layer_groups
+from .sal_batched import _default_budget, _exact_all_layers, _layer_groups, _one_step
 from .sal_stages import _Chain, _Suffix, _round_order, _tensors
 
 ESTIMATORS = ("exact", "fast")
@@ -72,7 +73,7 @@ class LayerSAL:
 def layer_sal(model: nn.Module, data, *, estimator: str = "exact", iters: int = 10, lr_min: float = 0.1,
               lr_max: float = 0.1, eps: float = 0.05, batch_size: int = 256, shuffle: bool = False,
               seed: int = 0, subset: int | None = None, steps: int = 1, layers: Iterable[str] | None = None,
-              device=None, cache_bytes: int = 1 << 30, batched: bool | None = None,
+              device=None, cache_bytes: int = 1 << 30, batched: bool | str | None = None,
               memory_bytes: int | None = None,
               progress: Callable[[int, int], None] | None = None) -> dict[str, LayerSAL]:
     """SAL of each Conv/Linear weight of `model` on `data` (a DataLoader or an (X, Y) pair).
@@ -86,8 +87,12 @@ def layer_sal(model: nn.Module, data, *, estimator: str = "exact", iters: int = 
 
     `batched` (exact only) advances the min and max copies of *every* layer together: one
     vmapped functional call per batch instead of two per layer, in groups of layers that fit
-    `memory_bytes` (default: half the GPU's free memory, 4 GB elsewhere). None = on a GPU, where the per-layer search is launch-bound;
-    on the CPU the per-layer search with shared prefixes does less arithmetic and stays the default.
+    `memory_bytes` (default: half the GPU's free memory, 4 GB elsewhere). "measure" times one SGD
+    step of each path on the first batch (after a warm-up) and runs the cheaper: batching wins
+    where the per-layer search is launch-bound (small widths on a GPU), the per-layer search where
+    arithmetic dominates. None = "measure" on a GPU; on the CPU the per-layer search, which was the
+    cheaper in every case measured there (benchmarks/results/sal-cpu-*.md), so that the CPU's
+    numbers never depend on a timing. Both paths give the same numbers to float rounding.
     """
     if estimator not in ESTIMATORS:
         raise UnknownNameError("SAL estimator", estimator, list(ESTIMATORS))
@@ -114,26 +119,34 @@ def layer_sal(model: nn.Module, data, *, estimator: str = "exact", iters: int = 
         raise UlvizError("SAL needs at least one sample")
     x, y = x.to(device, dtype), y.to(device)
     if batched is None:
-        batched = estimator == "exact" and device.type in BATCHED_DEVICES
-    if (estimator == "exact" and not batched and device.type in CHANNELS_LAST_DEVICES and x.dim() == 4
-            and any(isinstance(m, nn.Conv2d) for m in net.modules())):
-        # oneDNN's convolutions and pooling are faster on NHWC (see CHANNELS_LAST_DEVICES). The model
-        # only: a convolution with channels-last weights gives channels-last outputs from a batch
-        # of the data as it is, so the data set is never copied (50,000 CIFAR images are 614 MB)
-        net = net.to(memory_format=torch.channels_last)
+        batched = "measure" if estimator == "exact" and device.type in BATCHED_DEVICES else False
+    if batched not in (True, False, "measure"):
+        raise UlvizError(f"batched must be True, False, 'measure' or None, not {batched!r}")
+    batched = batched if estimator == "exact" else False
     wanted = list(layers) if layers is not None else weight_layer_names(net)
     unknown = [n for n in wanted if n not in dict(net.named_parameters())]
     if unknown:
         raise UlvizError(f"not a parameter of the model: {', '.join(unknown)}")
     chain = _Chain(net, x, batch_size, cache_bytes)
+    budget = memory_bytes or _default_budget(device)
+    groups = _layer_groups(net, x[:1], wanted, 2 * min(batch_size, len(x)), budget) if batched else []
+    if batched == "measure":
+        per_layer, all_layers = measured_step_costs(chain, y, wanted, groups)
+        batched = all_layers < per_layer
+    if (not batched and estimator == "exact" and device.type in CHANNELS_LAST_DEVICES and x.dim() == 4
+            and any(isinstance(m, nn.Conv2d) for m in net.modules())):
+        # oneDNN's convolutions and pooling are faster on NHWC (see CHANNELS_LAST_DEVICES). The model
+        # only, in place (the chain holds its stages): a convolution with channels-last weights gives
+        # channels-last outputs from a batch of the data as it is, so the data set is never copied
+        # (50,000 CIFAR images are 614 MB)
+        net.to(memory_format=torch.channels_last)
     loss0, acc0 = chain.evaluate_unperturbed(y)
     search = _exact_search if estimator == "exact" else _fast_search
     settings = dict(iters=iters, lr_min=lr_min, lr_max=lr_max, eps=eps, shuffle=shuffle, seed=seed, steps=steps,
                     n_batches=n_batches)
-    if batched and estimator == "exact":
+    if batched:
         out = {}
-        budget = memory_bytes or _default_budget(device)
-        for group in _layer_groups(net, x[:1], wanted, 2 * min(batch_size, len(x)), budget):
+        for group in groups:
             best = _exact_all_layers(chain, y, group, loss0, acc0, settings)
             out.update({name: _record(loss0, acc0, *best[name]) for name in group})
             if progress:
@@ -148,6 +161,35 @@ def layer_sal(model: nn.Module, data, *, estimator: str = "exact", iters: int = 
         if progress:
             progress(i + 1, len(wanted))
     return out
+
+
+def measured_step_costs(chain: _Chain, y, wanted: list[str], groups: list[list[str]]) -> tuple[float, float]:
+    """(per-layer, batched) seconds of one SGD step of the exact search on the first batch: the
+    two copies' gradients layer by layer, and every group's branched forward and backward. Each is
+    run once to warm up (kernel loading, the stage cache) and then timed, synchronised on a GPU."""
+    b = chain.batches()[0]
+    device = y.device
+
+    def per_layer():
+        for name in wanted:
+            suffix = chain.suffix_for(name)
+            _pair_grads(suffix, torch.stack([suffix.w0, suffix.w0]), suffix.input(b), y[b])
+
+    def all_layers():
+        for group in groups:
+            _one_step(chain, y, group, b)
+
+    costs = []
+    for step in (per_layer, all_layers):
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        costs.append(time.perf_counter() - start)
+    return costs[0], costs[1]
 
 
 def sal_arrays(records: dict[str, LayerSAL], layer_names: list[str]) -> dict[str, np.ndarray]:
@@ -166,9 +208,12 @@ def _record(loss0, acc0, min_loss, max_loss, acc_at_min, acc_at_max) -> LayerSAL
 # devices where the two copies run as one vmapped call; on the CPU batching two copies saves
 # nothing and vmap's conv rule costs extra (measured by benchmarks/sal_speed.py)
 VMAP_DEVICES = {"cuda"}
-# devices where every layer's copies advance together (layer_sal's `batched`): on the CPU the
-# per-layer search, which reuses the unperturbed prefixes, does far less arithmetic (8x faster
-# for a small cnn, measured side by side); on a GPU the per-layer search is launch-bound
+# devices where layer_sal chooses its path by a timed step (`batched` None -> "measure"): on a GPU
+# the per-layer search is launch-bound at small widths (resnet18 w16 on an H200: batched 5.8x the
+# plain loop) while at full width the arithmetic decides. Elsewhere the per-layer search, which
+# reuses the unperturbed prefixes: on the CPU it was the cheaper in every case measured (cnn on
+# 1024 CIFAR images: 156 s vs 273 s batched), and a timed choice would make the CPU's numbers
+# depend, at float rounding, on the machine's load
 BATCHED_DEVICES = {"cuda"}
 # devices where the per-layer exact search runs the model and data channels-last (NHWC) when the
 # model has convolutions: the CPU, where oneDNN's convolutions and max pooling are faster on NHWC

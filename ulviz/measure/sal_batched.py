@@ -80,6 +80,17 @@ def _exact_all_layers(chain: _Chain, y, group: list[str], loss0, acc0, st) -> di
     return {n: tuple(v) for n, v in best.items()}
 
 
+def _one_step(chain: _Chain, y, group: list[str], b) -> None:
+    """One SGD step's arithmetic of :func:`_exact_all_layers` on batch `b` (forward and backward of
+    every copy of `group`), for timing it against the per-layer search."""
+    starts = {n: chain.where[id(chain.params[n])] for n in group}
+    order = sorted(group, key=lambda n: starts[n][0])
+    w = {n: torch.stack([chain.params[n].detach()] * 2).requires_grad_(True) for n in order}
+    with torch.enable_grad():
+        losses, _ = _copy_losses(_branched_logits(chain, starts, order, w, b), y[b], len(order))
+        torch.autograd.grad(losses.sum(), list(w.values()))
+
+
 def _project_pair(w: torch.Tensor, w0: torch.Tensor, eps: float) -> torch.Tensor:
     """:func:`_project` of both copies, without a host round trip per copy."""
     diff = w - w0
