@@ -142,6 +142,9 @@ def speed_row(label, model, x, y, iters, batch_size, device="cpu", only=PATHS):
              "exact": lambda: layer_sal(model, (x, y), device=dev, batched=False, **kw),
              "batched": lambda: layer_sal(model, (x, y), device=dev, batched=True, **kw),
              "fast": lambda: layer_sal(model, (x, y), estimator="fast", subset=len(x), device=dev, **kw)}
+    if dev.type == "cuda":  # the default there: the path chosen by a timed step (batched="measure")
+        paths["auto"] = lambda: layer_sal(model, (x, y), device=dev, **kw)
+        only = (*only, "auto")
     results = {name: {"error": "not run"} for name in paths}
     for name, fn in ((n, f) for n, f in paths.items() if n in only):
         results[name] = r = measured(fn, dev)
@@ -152,7 +155,9 @@ def speed_row(label, model, x, y, iters, batch_size, device="cpu", only=PATHS):
         print(f"  {label}: {name}: {note}", flush=True)
     plain = results["plain"].get("out") or results["exact"].get("out")
     row["layers"] = len(plain) if plain else None
-    for name in ("exact", "batched", "fast"):
+    for name in ("exact", "batched", "fast", "auto"):
+        if name not in results:
+            continue
         ok = "s" in results[name] and "s" in results["plain"]
         row[f"{name}_speedup"] = results["plain"]["s"] / results[name]["s"] if ok else float("nan")
     row["exact_vs_floor_shared"] = (results["exact"]["s"] / row["floor_shared_s"]) if "s" in results["exact"] \
