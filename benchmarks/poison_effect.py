@@ -170,8 +170,8 @@ def _train_one(config, path, args):
     """(path, seconds): train (unless an identical run of this code is there), then exact SAL."""
     from ulviz import SALConfig
     from ulviz.measure.sal_runs import compute_run_sal
-    from ulviz.train.loop import train
-    from ulviz.train.verify import reusable_run
+    from ulviz.training.loop import train
+    from ulviz.training.verify import reusable_run
     start = time.perf_counter()
     if not reusable_run(path, config):  # same config, same code, same input digests
         train(config, path, overwrite=True)

@@ -222,7 +222,7 @@ def test_delta_encoding_rebuilds_the_images_bit_for_bit(tmp_path, kind):
 
 def test_reuse_keys_on_code_and_input_digests_never_on_the_config_alone(tmp_path, monkeypatch):
     from ulviz.core import provenance
-    from ulviz.train.verify import reusable_run
+    from ulviz.training.verify import reusable_run
     config = _config(poison=PoisonConfig("ops"), sal="none", epochs=1)
     path = tmp_path / "ops.h5"
     train(config, path)

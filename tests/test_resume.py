@@ -22,7 +22,7 @@ KILL = textwrap.dedent("""
     import os, signal, sys
     from ulviz import RunConfig
     import ulviz.measure.sal_runs as S  # the training callback calls layer_sal from there
-    from ulviz.train import loop as T  # (ulviz.train, the attribute, is the train function)
+    from ulviz.training import loop as T  # (ulviz.train, the attribute, is the train function)
     where, n, calls = sys.argv[2], int(sys.argv[3]), [0]
     def killer(real):
         def wrapped(*a, **k):

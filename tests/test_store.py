@@ -47,7 +47,7 @@ def test_refuses_to_overwrite(tmp_path):
 KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, {tests!r})
-    from ulviz.train import loop as T  # (ulviz.train, the attribute, is the train function)
+    from ulviz.training import loop as T  # (ulviz.train, the attribute, is the train function)
     from conftest import tiny_config
     kill_at, calls = int(sys.argv[2]), [0]
     real_step = T.torch.optim.SGD.step

@@ -5,7 +5,7 @@ import torch
 
 from conftest import same_history, tiny_config
 from ulviz import DataConfig, ModelConfig, RunConfig, TrainConfig, open_run, train
-from ulviz.train.loop import build_model, epoch_order, lr_at  # build_model lives in ulviz.models.registry, re-exported
+from ulviz.training.loop import build_model, epoch_order, lr_at  # build_model lives in ulviz.models.registry, re-exported
 
 
 def _state_equal(a, b):

@@ -11,10 +11,10 @@ The public API (everything else is internal)::
     from ulviz import verify_run                     # does a run file reproduce here (inputs, first epochs)
 
 Each name is re-exported from the module that defines it, the imports below in the order of the
-layers (core, data, store, models, protect, measure, train, studies, app; see
+layers (core, data, store, models, protect, measure, training, studies, app; see
 tests/test_architecture.py). The facade defines nothing itself, and nothing in the package
-imports it. ``ulviz.train`` is the function: the sub-package of that name is reached by its
-modules' names (``from ulviz.train.loop import ...``).
+imports it; no public name hides a sub-package (``ulviz.train`` is the function, the layer is
+``ulviz.training``).
 """
 from .core.config import DataConfig, ModelConfig, PoisonConfig, RunConfig, SALConfig, TrainConfig
 from .core.devices import select_device
@@ -34,8 +34,8 @@ from .measure.sharpness import SharpnessConfig, compute_run_sharpness, layer_sha
 from .measure.surgery import SurgeryConfig, layer_surgery, select_layers
 from .measure.trajectory import divergence, pca_plane
 from .measure.ud import unlearnable_distance
-from .train.loop import EpochContext, TrainResult, evaluate, resume, train
-from .train.verify import verify_run
+from .training.loop import EpochContext, TrainResult, evaluate, resume, train
+from .training.verify import verify_run
 from .studies.defense_study import defense_study
 from .app.teaching import ToyConfig, lesson
 

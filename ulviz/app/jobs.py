@@ -89,7 +89,7 @@ def launch_config(name: str, dataset: str, model: str, method: str, *, params_te
     directory, where a relative path would point elsewhere)."""
     from ..core.config import DataConfig, ModelConfig, PoisonConfig, SALConfig, TrainConfig, parse_param
     from ..data.recipes import apply_recipe, default_recipe
-    from ..train.loop import check_config
+    from ..training.loop import check_config
 
     params = dict(parse_param(item) for item in params_text.split(",") if item.strip())
     files = None

@@ -108,7 +108,7 @@ def add_poison(sub) -> None:
 
 
 def _train(args) -> int:
-    from ..train.loop import resume, train
+    from ..training.loop import resume, train
 
     if args.resume:
         return _report(resume(args.resume, progress=not args.quiet), args.resume)
@@ -197,7 +197,7 @@ def _provenance_lines(run) -> list[str]:
 
 
 def _verify(args) -> int:
-    from ..train.verify import verify_run
+    from ..training.verify import verify_run
 
     report = verify_run(args.run, args.epochs, args.tolerance, args.threads)
     print(report.text())

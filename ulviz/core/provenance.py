@@ -95,7 +95,7 @@ def determinism() -> dict:
 def code_digest() -> str:
     """sha256 (16 hex) of ulviz's own Python source, every module of the package: what a run was
     made by, exact also in a dirty checkout or an installed copy (where a git revision says
-    nothing). Reuse of an earlier run (ulviz.train.verify.reusable_run) keys on it."""
+    nothing). Reuse of an earlier run (ulviz.training.verify.reusable_run) keys on it."""
     h = hashlib.sha256()
     for path in sorted(PACKAGE_DIR.rglob("*.py")):
         h.update(path.relative_to(PACKAGE_DIR).as_posix().encode() + b"\0" + path.read_bytes())

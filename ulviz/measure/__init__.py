@@ -5,5 +5,5 @@ the linear probe, the sharpness atlas, layer surgery, the perturbations themselv
 compared side by side.
 
 It may import the core, data, store, models and protect layers (a run's training data comes from
-protect.trainset); train and every layer above may import it.
+protect.trainset); training and every layer above may import it.
 """

@@ -3,5 +3,5 @@ cross-task studies (method x task), defense studies (protection x defense), swee
 one TOML file, local processes or Ray tasks) and what the worker processes of sweeps and jobs
 share (processes: a run's file-safe name, the worker's environment).
 
-It may import every layer up to train; the app and cli layers may import it.
+It may import every layer up to training; the app and cli layers may import it.
 """

@@ -33,8 +33,8 @@ def run_grid(configs: dict[str, RunConfig], runs_dir: str | Path, sal=None, sal_
     """Train every config not already complete in `runs_dir`, then its SAL (post hoc, `sal` at
     `sal_epochs`) when asked; returns the run files."""
     from ..measure.sal_runs import compute_run_sal
-    from ..train.loop import train
-    from ..train.verify import reusable_run
+    from ..training.loop import train
+    from ..training.verify import reusable_run
 
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)

@@ -163,7 +163,7 @@ def make_demo(out: str | Path | None = None, epochs: int | None = None, progress
     whole training set)."""
     from ..measure.landscape.runs import run_landscape
     from ..measure.sal_runs import compute_run_sal
-    from ..train.loop import train
+    from ..training.loop import train
 
     s = on_device(demo_study(study), device)
     out = Path(out) if out is not None else s.out

@@ -114,7 +114,7 @@ def expand(base: dict, axes: dict, out: Path) -> list[PlannedRun]:
     ``poison.params.eps`` plans one clean run per seed (the clean twin of every em run) instead of
     refusing the grid. Runs that become the same that way are planned once. A parameter no method
     of the grid takes is still refused, so a typo is not dropped silently."""
-    from ..train.loop import check_config
+    from ..training.loop import check_config
 
     fields = list(axes)
     keys = _name_keys(fields)
@@ -380,8 +380,8 @@ def _run_ray(sweep: Sweep, work: list, address: str | None, say, poll_s: float) 
 
 def _ray_train(config_json: str, path: str, resume: bool) -> str:
     """One run inside a Ray worker: train (or resume) into `path`; returns the final status."""
-    from ..train.loop import resume as resume_run
-    from ..train.loop import train
+    from ..training.loop import resume as resume_run
+    from ..training.loop import train
     if resume:
         return resume_run(path).status
     return train(RunConfig.from_json(config_json), path, overwrite=True).status

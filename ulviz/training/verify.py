@@ -5,7 +5,7 @@ Three checks, each reported line by line as ``ok``, ``DIFFERS`` or ``note``:
 1. inputs: the clean training set loaded now and the protected one as trained (the file's stored
    protection, or the protection regenerated now) against the digests the file recorded;
 2. training: the first K epochs retrained from the stored config on the images it trained on
-   (:func:`ulviz.train.loop.replay`), metrics of epochs 0..K and the weights after epoch K against
+   (:func:`ulviz.training.loop.replay`), metrics of epochs 0..K and the weights after epoch K against
    the file's, exactly (or within `tolerance`);
 3. environment: every recorded field (versions, code revision, device, threads, determinism
    settings) that differs from this process's, listed as a note: it does not fail verification
