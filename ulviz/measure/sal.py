@@ -260,10 +260,22 @@ def _project(w: torch.Tensor, w0: torch.Tensor, eps: float) -> torch.Tensor:
     return w0 + diff / ratio * eps if ratio > eps else w
 
 
+def _improved(best: tuple, at_min: tuple, at_max: tuple) -> tuple:
+    """(min_loss, max_loss, acc_at_min, acc_at_max) after one evaluation of the descent copy
+    (`at_min` = its loss, accuracy) and the ascent copy: the lowest and highest loss seen so far,
+    each with the accuracy where it was seen."""
+    min_loss, max_loss, acc_at_min, acc_at_max = best
+    if at_min[0] < min_loss:
+        min_loss, acc_at_min = at_min
+    if at_max[0] > max_loss:
+        max_loss, acc_at_max = at_max
+    return min_loss, max_loss, acc_at_min, acc_at_max
+
+
 def _exact_search(suffix: _Suffix, chain: _Chain, y, loss0, acc0, st, _):
     w0 = suffix.w0
     w_min, w_max = w0.clone(), w0.clone()
-    min_loss, max_loss, acc_at_min, acc_at_max = loss0, loss0, acc0, acc0
+    best = (loss0, loss0, acc0, acc0)  # min_loss, max_loss, acc_at_min, acc_at_max
     for r in range(st["iters"]):
         for b in chain.batches(_round_order(chain, st, r)):
             h = suffix.input(b)
@@ -271,12 +283,8 @@ def _exact_search(suffix: _Suffix, chain: _Chain, y, loss0, acc0, st, _):
             w_min = w_min - st["lr_min"] * g[0]  # descent
             w_max = w_max + st["lr_max"] * g[1]  # ascent
         w_min, w_max = _project(w_min, w0, st["eps"]), _project(w_max, w0, st["eps"])
-        (l_min, a_min), (l_max, a_max) = _evaluate_copies(suffix, [w_min, w_max], y)
-        if l_min < min_loss:
-            min_loss, acc_at_min = l_min, a_min
-        if l_max > max_loss:
-            max_loss, acc_at_max = l_max, a_max
-    return min_loss, max_loss, acc_at_min, acc_at_max
+        best = _improved(best, *_evaluate_copies(suffix, [w_min, w_max], y))
+    return best
 
 
 def _all_gradients(net: nn.Module, x, y, batch_size: int, names: list[str]) -> dict[str, torch.Tensor]:
@@ -311,16 +319,12 @@ def _fast_search(suffix: _Suffix, chain: _Chain, y, loss0, acc0, st, g0):
     travel = st["iters"] * st["n_batches"] / st["steps"]  # SGD steps each fast step stands for
     w_min, w_max = w0.clone(), w0.clone()
     g_min = g_max = g0
-    min_loss, max_loss, acc_at_min, acc_at_max = loss0, loss0, acc0, acc0
+    best = (loss0, loss0, acc0, acc0)  # min_loss, max_loss, acc_at_min, acc_at_max
     for k in range(st["steps"]):
         if k > 0:
             g_min, g_max = _full_gradient(suffix, w_min, y), _full_gradient(suffix, w_max, y)
         w_min = _project(w_min - st["lr_min"] * travel * g_min, w0, st["eps"])
         w_max = _project(w_max + st["lr_max"] * travel * g_max, w0, st["eps"])
-        (l_min, a_min), (l_max, a_max) = _evaluate_copies(suffix, [w_min, w_max], y)
-        if l_min < min_loss:
-            min_loss, acc_at_min = l_min, a_min
-        if l_max > max_loss:
-            max_loss, acc_at_max = l_max, a_max
-    return min_loss, max_loss, acc_at_min, acc_at_max
+        best = _improved(best, *_evaluate_copies(suffix, [w_min, w_max], y))
+    return best
 
