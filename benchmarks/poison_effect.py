@@ -68,6 +68,9 @@ def main() -> None:
     args = p.parse_args()
     if args.dataset == "cifar10" and not args.data_dir:
         args.data_dir = str(CIFAR)
+    width = (args.surrogate or "").partition(":")[2]
+    if width and not (width.isdigit() and int(width) > 0):
+        p.error(f"--surrogate takes NAME or NAME:WIDTH with a positive width, not {args.surrogate!r}")
     seeds = [int(s) for s in args.seeds.split(",")]
     plan = _plan(args, seeds)
     runs_dir = Path(args.runs_dir)

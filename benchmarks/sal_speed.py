@@ -246,6 +246,8 @@ def main():
     p.add_argument("--results", help="also write the speed table to this markdown file (command, revision, date)")
     args = p.parse_args()
     only = tuple(args.paths.split(","))
+    if set(only) - set(PATHS):
+        p.error(f"--paths takes some of {', '.join(PATHS)}, not {', '.join(sorted(set(only) - set(PATHS)))}")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     epochs = args.epochs or (4 if args.quick else 15)
     import pandas as pd

@@ -47,7 +47,11 @@ def main() -> None:
     p.add_argument("--out", help="also write the report (markdown) here")
     args = p.parse_args()
     epochs = [int(e) for e in args.epochs.split(",")]
+    if args.reference_subset < 1:
+        p.error("--reference-subset must be at least 1")
     REFERENCE["subset"] = args.reference_subset
+    if not all(v == "all" or (v.isdigit() and int(v) > 0) for v in args.subsets.split(",")):
+        p.error(f"--subsets takes positive counts or 'all', comma-separated, not {args.subsets!r}")
     args.subsets = [None if v == "all" else int(v) for v in args.subsets.split(",")]
     if REFERENCE["subset"] not in args.subsets:
         args.subsets.append(REFERENCE["subset"])
