@@ -66,7 +66,8 @@ with st.expander("How much UD moves with the threshold rule and the epochs count
         variants = ui.guard(ud_variants, study.reference.sal, {label: src.sal for label, src in same},
                             study.reference.sal_epochs)
         if variants is not None:
-            st.dataframe(variants, width="stretch")
+            st.dataframe(variants, width="stretch", column_config={  # two decimals, as the KMeans range
+                c: st.column_config.NumberColumn(format="%.2f") for c in variants.select_dtypes("number")})
             st.caption("UD of each run (rows) against the reference when one choice changes: the threshold from the "
                        "exact 2-means midpoint (the reference), from scikit-learn's KMeans as the original calls it "
                        "(the range over 10 random starts), or the clean SAL's median or 75th percentile; and only the "
