@@ -98,6 +98,37 @@ def test_sample_wise_protection_is_stored_as_an_exact_delta(tmp_path):
     assert torch.equal(run.stored_protection(clean.x_train), make_poison(poison, clean).x_train)
 
 
+def test_trained_protection_of_8bit_images_is_rounded_to_8bit_steps_by_hand():
+    """A hand-worked case: clean levels 0, 128, 255, 10, 200; the float protection moves them by
+    +3.4, -8.6 (outside the 8/255 ball: clipped to -8), +4 (clipped at 255), +0.6, -0.4 steps."""
+    from ulviz.protect.poisons import in_8bit_steps, method_info
+    clean = torch.tensor([0, 128, 255, 10, 200], dtype=torch.uint8).float().div_(255.0)
+    protected = (clean + torch.tensor([3.4, -8.6, 4.0, 0.6, -0.4]) / 255).clamp(0, 1)
+    out = in_8bit_steps(clean, protected, method_info("em"), {"eps": 8 / 255})
+    assert torch.equal(out, torch.tensor([3, 120, 255, 11, 200], dtype=torch.uint8).float().div_(255.0))
+    # images that are not 8-bit (the digits' 17 levels) are left as made
+    digits = load_dataset(DIGITS).x_train[:4]
+    assert torch.equal(in_8bit_steps(digits, digits + 0.001, method_info("em"), {"eps": 8 / 255}), digits + 0.001)
+
+
+def test_sample_wise_em_of_8bit_images_is_stored_in_a_byte_per_value(tmp_path):
+    """em on 8-bit images is released in 8-bit steps (as the originals' datasets are), so the run
+    stores one int8 per value; the stored images are exactly the ones generated and trained on."""
+    poison = PoisonConfig("em", params={"max_rounds": 1, "surrogate": "mlp", "surrogate_width": 16})
+    data = DataConfig("npz", data_dir=_npz(tmp_path / "set.npz", seed=0))
+    run = open_run(train(_config(data=data, poison=poison, sal="none", epochs=1), tmp_path / "em.h5").path)
+    clean = load_dataset(data)
+    made = make_poison(poison, clean)
+    assert run.protection_info["encoding"] == "steps"
+    assert torch.equal(run.stored_protection(clean.x_train), made.x_train)
+    levels = made.x_train * 255
+    assert torch.equal(levels.round() / 255, made.x_train)  # every value on the 8-bit grid
+    assert (levels.round() - (clean.x_train * 255).round()).abs().max() <= 8
+    with h5py.File(run.path) as f:
+        assert f["protection/steps"].dtype == np.int8
+        assert f["protection/steps"].shape == (len(made.indices), *clean.image_shape)
+
+
 def test_post_hoc_sal_in_a_fresh_process_with_other_threads_equals_training_sal(em_run, tmp_path):
     """The fresh process has an empty poison cache and one thread (training used the suite's 2):
     it must read the images the model trained on and measure the same SAL."""

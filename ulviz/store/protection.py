@@ -19,6 +19,9 @@ from .files import _as_str, _fixed
 #                           shape; the images are rebuilt on the clean training images x:
 #      encoding "patterns": indices (k,), patterns (P, C, H, W) f4, pattern_of (k,):
 #                           out = x; out[indices] = clip(x[indices] + patterns[pattern_of], 0, 1)
+#      encoding "steps":    indices (k,) of the changed samples, steps (k, C, H, W) i1 (gzip): when the clean
+#                           and the protected images are both 8-bit images (every value v/255), the
+#                           change in whole 8-bit steps: out[indices] = (rint(255 x[indices]) + steps) / 255
 #      encoding "delta":    indices (k,) of the changed samples, delta (k, C, H, W) f4 (gzip + shuffle),
 #                           or, when it takes at most 65536 distinct values (signed-gradient steps
 #                           leave a few hundred), palette (V,) f4 and codes (k, C, H, W) u1 / u2
@@ -28,8 +31,9 @@ from .files import _as_str, _fixed
 #                           out = x; out[indices] = x[indices] + delta; out[indices].flat[fix_at] = fix_value
 #
 # Both rebuild the float32 images bit for bit (checked when written, and against the digest when
-# read). Class-wise patterns cost P images; a sample-wise perturbation costs its changed samples,
-# gzip-compressed (float noise has little to squeeze: see the README for measured sizes).
+# read). Class-wise patterns cost P images; a sample-wise perturbation costs its changed samples:
+# a byte per value in 8-bit steps (what the trained sample-wise methods leave on 8-bit image sets,
+# ulviz.protect.poisons), else a palette code or a float, gzip-compressed.
 
 @dataclass
 class StoredProtection:
@@ -53,6 +57,13 @@ def _write_protection(f: h5py.File, p: StoredProtection) -> None:
         g.create_dataset("pattern_of", data=np.asarray(p.pattern_of, dtype=np.int64), **_gzip(len(p.pattern_of)))
         return
     changed = np.flatnonzero((protected != clean).reshape(len(clean), -1).any(1))
+    steps = _eight_bit_steps(clean[changed], protected[changed])
+    if steps is not None:
+        g.attrs["encoding"] = _fixed("steps")
+        g.create_dataset("indices", data=changed.astype(np.int64), **_gzip(len(changed)))
+        chunks = (max(1, min(len(changed), 64)), *steps.shape[1:]) if len(changed) else None
+        g.create_dataset("steps", data=steps, chunks=chunks, **(_GZIP if len(changed) else {}))
+        return
     delta = protected[changed] - clean[changed]
     off = np.flatnonzero((clean[changed] + delta) != protected[changed])  # rounding of x + (x' - x)
     g.attrs["encoding"] = _fixed("delta")
@@ -85,6 +96,30 @@ def _patterns_rebuild(clean: np.ndarray, protected: np.ndarray, p: StoredProtect
     return bool(np.array_equal(out, protected))
 
 
+def _levels(x: np.ndarray) -> np.ndarray:
+    """x in whole 8-bit levels (float32): rint(255 x)."""
+    return np.rint(x * np.float32(255))
+
+
+def _from_levels(levels: np.ndarray) -> np.ndarray:
+    # the division a uint8 image set is loaded with (ulviz.data.datasets: u8.float() / 255)
+    return (levels / np.float32(255)).astype(np.float32)
+
+
+def _eight_bit_steps(clean: np.ndarray, protected: np.ndarray) -> np.ndarray | None:
+    """The change from `clean` to `protected` in whole 8-bit steps (int8), when both are 8-bit
+    images that the steps give back bit for bit; else None."""
+    if not len(clean):
+        return None
+    lc, lp = _levels(clean), _levels(protected)
+    steps = lp - lc
+    if np.abs(steps).max() > 127 or not np.array_equal(_from_levels(lc + steps.astype(np.int8)), protected):
+        return None
+    if not np.array_equal(_from_levels(lc), clean):
+        return None
+    return steps.astype(np.int8)
+
+
 def _read_protection(g: h5py.Group, clean: np.ndarray) -> np.ndarray:
     if tuple(int(v) for v in g.attrs["shape"]) != clean.shape:
         raise ValueError(f"stored protection has shape {tuple(g.attrs['shape'])}, the clean images {clean.shape}")
@@ -93,6 +128,8 @@ def _read_protection(g: h5py.Group, clean: np.ndarray) -> np.ndarray:
     encoding = _as_str(g.attrs["encoding"])
     if encoding == "patterns":
         out[idx] = np.clip(clean[idx] + np.array(g["patterns"])[np.array(g["pattern_of"])], 0, 1)
+    elif encoding == "steps":
+        out[idx] = _from_levels(_levels(clean[idx]) + np.array(g["steps"]))
     elif encoding == "delta":
         delta = np.array(g["palette"])[np.array(g["codes"])] if "codes" in g else np.array(g["delta"])
         part = clean[idx] + delta

@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -42,7 +43,7 @@ from .registry import (BUDGETS, Context, Method, Poison, check_budget, list_budg
 
 __all__ = ["BUDGETS", "Context", "Method", "Poison", "check_budget", "list_budgets", "list_methods", "method_info",
            "protected_indices", "register", "resolve_params", "scaled_params",
-           "CACHE_VERSION", "cache_dir", "generator_code_digest", "make_poison", "poison_key"]
+           "CACHE_VERSION", "cache_dir", "generator_code_digest", "in_8bit_steps", "make_poison", "poison_key"]
 
 CACHE_VERSION = 4  # bump when a method's output changes, so stale caches are not reused
 
@@ -80,10 +81,32 @@ def _generate(method: Method, dataset, indices, config, params, device, progress
     with fixed_threads(threads):
         poison = method.fn(dataset, indices, g, params, Context(device, progress))
     poison.x_train = poison.x_train.detach().cpu().float().clamp_(0.0, 1.0)
+    if method.trained and poison.patterns is None:
+        poison.x_train = in_8bit_steps(dataset.x_train, poison.x_train, method, params)
     check_budget(dataset.x_train, poison.x_train, indices, method, params)
     poison.info.update(params=params, ratio=config.ratio, seed=config.seed, cache_key=key,
                        generation_threads=threads if method.trained else None)
     return poison
+
+
+def in_8bit_steps(clean: torch.Tensor, protected: torch.Tensor, method: Method, params: dict) -> torch.Tensor:
+    """`protected` rounded to whole 8-bit steps when the clean set is 8-bit images (CIFAR-10,
+    MNIST; the 8x8 digits are not, and are left as made), within the method's L-inf budget.
+
+    Why: the originals release a sample-wise protection as 8-bit images, so that is what a victim
+    trains on. Huang et al.'s dataset.py adds the noise to the uint8 images and casts back; Fu et
+    al.'s code base (its em, tap and rem alike) keeps the noise as int8 steps added to the uint8
+    images and clipped. Here the step is rounded to the nearest (not truncated), so a pixel moves
+    by at most half a step from the float result and an 8/255 budget stays whole. A run then
+    stores a byte per value (ulviz.store.protection's "steps" encoding) instead of a float."""
+    levels = torch.round(clean * 255)
+    if not torch.equal(levels / 255, clean):
+        return protected
+    steps = torch.round(protected * 255) - levels
+    if method.budget == "linf":
+        k = math.floor(float(params[method.budget_param]) * 255 + 1e-4)  # whole steps inside the ball
+        steps.clamp_(-k, k)
+    return (levels + steps).clamp_(0, 255) / 255
 
 
 def poison_key(config: PoisonConfig, dataset: Dataset) -> str:
