@@ -60,8 +60,9 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=1, help="runs trained at once, each in its own process")
     p.add_argument("--runs-dir", default="benchmarks/runs/poison_effect")
-    p.add_argument("--sal-epochs", default="10,20,30,40", help="epochs with exact SAL for UD ('' for no UD)")
-    p.add_argument("--sal-subset", type=int, default=512, help="first N images each run trained on")
+    p.add_argument("--sal-epochs", default="10,20,30,40",
+                   help="epochs with exact SAL for UD ('all': every epoch; '' for no UD)")
+    p.add_argument("--sal-subset", default="512", help="first N images each run trained on ('all': every one)")
     p.add_argument("--rem", default='{"train_epochs": 2, "samples": 1, "pgd_steps": 5, "rho_steps": 3}',
                    help="rem's parameters as JSON (default: the CPU settings; '{}' for the original's)")
     p.add_argument("--out", help="also write the report (markdown) here")
@@ -72,6 +73,12 @@ def main() -> None:
     if width and not (width.isdigit() and int(width) > 0):
         p.error(f"--surrogate takes NAME or NAME:WIDTH with a positive width, not {args.surrogate!r}")
     seeds = [int(s) for s in args.seeds.split(",")]
+    try:
+        args.sal_subset = None if args.sal_subset == "all" else _positive(args.sal_subset)
+        if args.sal_epochs and args.sal_epochs != "all":
+            [_positive(v) for v in args.sal_epochs.split(",")]
+    except ValueError as e:
+        p.error(f"--sal-subset and --sal-epochs take positive whole numbers or 'all': {e}")
     plan = _plan(args, seeds)
     runs_dir = Path(args.runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -93,6 +100,18 @@ def main() -> None:
     if args.out:
         Path(args.out).write_text(report)
         print(f"wrote {args.out}")
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise ValueError(f"not {text!r}")
+    return int(text)
+
+
+def _sal_epochs(text: str, epochs: int) -> list[int]:
+    """The epochs of --sal-epochs that a run of `epochs` epochs has ('all': every one)."""
+    every = range(1, epochs + 1)
+    return list(every) if text == "all" else [e for e in (int(v) for v in text.split(",")) if e in every]
 
 
 def _plan(args, seeds):
@@ -179,8 +198,8 @@ def _train_one(config, path, args):
     if not reusable_run(path, config):  # same config, same code, same input digests
         train(config, path, overwrite=True)
     if args.sal_epochs:
-        epochs = [e for e in (int(v) for v in args.sal_epochs.split(",")) if e <= config.train.epochs]
-        compute_run_sal(path, SALConfig("exact", subset=args.sal_subset), device=config.train.device, epochs=epochs)
+        compute_run_sal(path, SALConfig("exact", subset=args.sal_subset), device=config.train.device,
+                        epochs=_sal_epochs(args.sal_epochs, config.train.epochs))
     took = time.perf_counter() - start
     print(f"{Path(path).stem}: {took:.0f} s", flush=True)
     return path, took
@@ -212,7 +231,7 @@ def _report(args, seeds, paths, gen_s, planned: int) -> str:
             f"same seed (ratio and UD); mean over seeds [95% t interval]\n"
             f"- accuracy on the clean test set: final epoch, mean of the last 4 trained epochs, best epoch\n"
             f"- UD: exact SAL (10 rounds, lr 0.1, eps 0.05) post hoc at epochs {args.sal_epochs or 'none'} on the "
-            f"first {args.sal_subset} images each run trained on; threshold: the clean run's 2-means midpoint\n"
+            f"{'all' if args.sal_subset is None else f'first {args.sal_subset}'} images each run trained on; threshold: the clean run's 2-means midpoint\n"
             f"- published: the ISS paper's ResNet-18 on all of CIFAR-10 (Table 1, no defense), as a ratio to its "
             f"clean 94.68%; our setting is a 5,085-image subset and a narrower, shorter-trained network\n\n")
     per_run = table[["run", "seed", "acc_final", "acc_last", "acc_peak", "ratio_last", "UD"]].to_string(
