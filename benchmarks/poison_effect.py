@@ -230,8 +230,8 @@ def _report(args, seeds, paths, gen_s, planned: int) -> str:
             f"- protections generated once (poison seed 0); each seed's run is compared with the clean run of the "
             f"same seed (ratio and UD); mean over seeds [95% t interval]\n"
             f"- accuracy on the clean test set: final epoch, mean of the last 4 trained epochs, best epoch\n"
-            f"- UD: exact SAL (10 rounds, lr 0.1, eps 0.05) post hoc at epochs {args.sal_epochs or 'none'} on the "
-            f"{'all' if args.sal_subset is None else f'first {args.sal_subset}'} images each run trained on; threshold: the clean run's 2-means midpoint\n"
+            f"- UD: exact SAL (10 rounds, lr 0.1, eps 0.05) post hoc at epochs {args.sal_epochs or 'none'} on "
+            f"{'all the' if args.sal_subset is None else f'the first {args.sal_subset}'} images each run trained on; threshold: the clean run's 2-means midpoint\n"
             f"- published: the ISS paper's ResNet-18 on all of CIFAR-10 (Table 1, no defense), as a ratio to its "
             f"clean 94.68%; our setting is a 5,085-image subset and a narrower, shorter-trained network\n\n")
     per_run = table[["run", "seed", "acc_final", "acc_last", "acc_peak", "ratio_last", "UD"]].to_string(

@@ -40,16 +40,17 @@ def main() -> None:
     p.add_argument("--epochs", required=True, help="epochs to measure SAL at, e.g. 5,10,15,20")
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=1, help="run files measured at once (processes)")
-    p.add_argument("--reference-subset", type=int, default=REFERENCE["subset"],
-                   help="the reference setting's SAL sample count (the other columns vary one choice from it)")
+    p.add_argument("--reference-subset", default=str(REFERENCE["subset"]),
+                   help="the reference setting's SAL sample count ('all': every image; the other columns vary "
+                        "one choice from it)")
     p.add_argument("--subsets", default="128,512,1024,all",
                    help="SAL sample counts to vary over ('all': every image the run trained on)")
     p.add_argument("--out", help="also write the report (markdown) here")
     args = p.parse_args()
     epochs = [int(e) for e in args.epochs.split(",")]
-    if args.reference_subset < 1:
-        p.error("--reference-subset must be at least 1")
-    REFERENCE["subset"] = args.reference_subset
+    if not (args.reference_subset == "all" or (args.reference_subset.isdigit() and int(args.reference_subset) > 0)):
+        p.error(f"--reference-subset takes a positive count or 'all', not {args.reference_subset!r}")
+    REFERENCE["subset"] = None if args.reference_subset == "all" else int(args.reference_subset)
     if not all(v == "all" or (v.isdigit() and int(v) > 0) for v in args.subsets.split(",")):
         p.error(f"--subsets takes positive counts or 'all', comma-separated, not {args.subsets!r}")
     args.subsets = [None if v == "all" else int(v) for v in args.subsets.split(",")]
@@ -149,10 +150,11 @@ def _report(args, epochs, sal, seconds) -> str:
     from ulviz.core.provenance import code_revision
     rev = (code_revision()[0] or "unknown")[:12]
     first = runs[clean].config
+    sample = "all the" if REFERENCE["subset"] is None else f"the first {REFERENCE['subset']}"
     return (f"# UD sensitivity: {first.model.name} (width {first.model.width}) on {first.data.name}, seed "
             f"{first.train.seed}\n\n- command: `python {' '.join(sys.argv)}`\n- code revision: {rev}; date: "
             f"{date.today().isoformat()}; device: {args.device}; {seconds:.0f} s\n"
-            f"- reference setting: exact SAL (10 rounds, lr 0.1) on the first {REFERENCE['subset']} images each run trained on, eps "
+            f"- reference setting: exact SAL (10 rounds, lr 0.1) on {sample} images each run trained on, eps "
             f"0.05, at epochs {epochs}, threshold the clean run's 2-means midpoint; each column changes one choice\n"
             f"- UD of each protected run against the clean run of the same seed\n\n```\n"
             + table.to_string(float_format=lambda v: f"{v:.2f}") + "\n```\n")

@@ -82,22 +82,22 @@ def test_bundled_demo_is_the_cifar_study_and_complete():
     assert pca >= {f"{c.name}.h5" for c in demo_configs("cifar10")[1:] if c.train.task == "classify"}
 
 
-def test_post_hoc_sal_of_the_bundled_em_class_run_equals_its_stored_row():
+@pytest.mark.parametrize("name", ["em-class", "em"])
+def test_post_hoc_sal_of_a_bundled_em_run_equals_its_stored_row(name):
     """What is computed after training uses exactly the images the model trained on: the bundled
-    em-class run stores its protection, so SAL recomputed now from its last snapshot equals the
-    row stored when the demo was made."""
+    em runs store their protection (em-class as ten patterns, em in 8-bit steps), so SAL
+    recomputed now from the last snapshot equals the row stored when the demo was made."""
     from ulviz.core.config import SALConfig
     from ulviz.data.datasets import load_dataset
     from ulviz.measure.sal import layer_sal, sal_arrays
     from ulviz.measure.sal_runs import sal_data, sal_kwargs
     from ulviz.models.registry import build_model, weight_layer_names
     from ulviz.protect.trainset import run_training_data
-    path = ROOT / "data" / "demo" / "em-class.h5"
+    path = ROOT / "data" / "demo" / f"{name}.h5"
     if not path.exists():
         pytest.skip("no bundled demo")
     run = open_run(path)
-    if not run.protection_info:
-        pytest.skip("the bundled em-class run predates stored protections")
+    assert run.protection_info["encoding"] == {"em-class": "patterns", "em": "steps"}[name]
     data = run_training_data(run, load_dataset(run.config.data), protected=True)
     model = build_model(run.config, data)
     epoch = int(run.sal_epochs[-1])
