@@ -253,6 +253,21 @@ def test_run_landscape_caches_and_resumes(two_runs, tmp_path, monkeypatch):
     assert interp.loss[0] == pytest.approx(run.metrics["test_loss"].iloc[0], abs=1e-5)
 
 
+def test_a_landscape_toward_a_rewritten_run_is_not_served_from_the_cache(two_runs, tmp_path):
+    """The clean run caches the interpolation toward the other run's final weights; when that file is
+    remade under the same name (a remade demo run), the cache must not answer for the new weights."""
+    clean, other = tmp_path / "clean.h5", tmp_path / "other.h5"
+    clean.write_bytes(two_runs[0].read_bytes())
+    other.write_bytes(two_runs[1].read_bytes())
+    first = landscape_runs.run_landscape(clean, "interp", resolution=5, subset=32, other=other)
+    assert landscape_runs.run_landscape(clean, "interp", resolution=5, subset=32, other=other, compute=False) is not None
+    cfg = open_run(other).config
+    train(replace(cfg, poison=replace(cfg.poison, params={"mode": "class", "eps": 0.3})), other, overwrite=True)
+    assert landscape_runs.run_landscape(clean, "interp", resolution=5, subset=32, other=other, compute=False) is None
+    again = landscape_runs.run_landscape(clean, "interp", resolution=5, subset=32, other=other)
+    assert not np.allclose(again.loss, first.loss)  # the new weights' path, not the cached one
+
+
 def test_cli_landscape_and_paths(two_runs, tmp_path, capsys):
     path = tmp_path / "run.h5"
     path.write_bytes(two_runs[0].read_bytes())

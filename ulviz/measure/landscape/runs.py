@@ -4,6 +4,7 @@ and cached as it goes (in the run file or a cache file of its own), and what one
 from __future__ import annotations
 
 import functools
+import hashlib
 from pathlib import Path
 from typing import Callable
 
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from ...core.errors import UlvizError, UnknownNameError
+from ...core.provenance import tensor_digest
 from .surfaces import Landscape, _axis, _span, _surface, interpolation, line, plane
 
 
@@ -60,6 +62,16 @@ def _dataset(config):
     return load_dataset(config)
 
 
+def _other_settings(path, other) -> dict:
+    """What a landscape toward another run (a Run) is keyed on: that file's name and a digest of its
+    final weights, so a run file rewritten under the same name (a remade demo run) is never served
+    the landscape of the weights it replaced (its creation stamp has whole seconds only)."""
+    final = other.snapshot(-1)
+    digest = hashlib.sha256("".join(f"{k}={tensor_digest(final[k])};" for k in sorted(final)).encode())
+    return dict(other=Path(path).name, other_run=other.name, other_epochs=len(other.metrics),
+                other_final=digest.hexdigest()[:16])
+
+
 def run_landscape(path, kind: str = "plane", *, epoch: int = -1, resolution: int = 41,
                   span: float | tuple[float, float] | None = None, normalization: str = "filter", seed: int = 0,
                   keep_biasbn: bool = False, layer: str | None = None, split: str = "test",
@@ -101,7 +113,7 @@ def run_landscape(path, kind: str = "plane", *, epoch: int = -1, resolution: int
         settings.update(span=list(_span(span)))
         if other is not None:
             other_run = open_run(other)
-            settings.update(other=Path(other).name, other_run=other_run.name, other_epochs=len(other_run.metrics))
+            settings.update(_other_settings(other, other_run))
             start, end = model.state_dict(), other_run.snapshot(-1)
         else:
             start, end = run.snapshot(0), model.state_dict()
@@ -110,8 +122,7 @@ def run_landscape(path, kind: str = "plane", *, epoch: int = -1, resolution: int
         plane_runs = [run]
         if other is not None:  # one plane for both paths (same architecture and initialization)
             plane_runs.append(open_run(other))
-            settings.update(other=Path(other).name, other_run=plane_runs[1].name,
-                            other_epochs=len(plane_runs[1].metrics))
+            settings.update(_other_settings(other, plane_runs[1]))
         path_plane = pca_plane(plane_runs)
         if not isinstance(span, (int, float)) or span < 0:
             raise UlvizError("for a PCA plane the range is one margin >= 0, a fraction of the path's extent")
