@@ -30,7 +30,7 @@ from .files import _as_str, _fixed
 #                           that image's values there:
 #                           out = x; out[indices] = x[indices] + delta; out[indices].flat[fix_at] = fix_value
 #
-# Both rebuild the float32 images bit for bit (checked when written, and against the digest when
+# All three rebuild the float32 images bit for bit (checked when written, and against the digest when
 # read). Class-wise patterns cost P images; a sample-wise perturbation costs its changed samples:
 # a byte per value in 8-bit steps (what the trained sample-wise methods leave on 8-bit image sets,
 # ulviz.protect.poisons), else a palette code or a float, gzip-compressed.
