@@ -23,16 +23,21 @@ def lsp(dataset, indices, g, params, ctx) -> Poison:
     point is upsampled to `patch`x`patch` blocks (nearest neighbour; 8 px on 32x32 as in the
     paper, a quarter of the side elsewhere) and rescaled to the L2 norm sqrt(d) * eps (1.30 on
     CIFAR: the norm of an L-inf 6/255 perturbation), then added and clipped to [0, 1].
-    Difference: drawn with torch from the method's seed rather than NumPy's global state."""
+    Difference: drawn with torch from the method's seed rather than NumPy's global state.
+
+    The noise is computed in float64 and only then added to the float32 images: in float32 the
+    matrix products and norms round differently on different CPUs (a run made on one CPU recorded
+    a protected-set digest that another CPU's regeneration missed), while float64's rounding
+    almost never survives the cast to float32, so every machine rebuilds the same images."""
     c, h, w = dataset.image_shape
     patch = int(params["patch"] or max(1, min(h, w) // 4))
     ph, pw = math.ceil(h / patch), math.ceil(w / patch)
     dim = c * ph * pw
     k = dataset.num_classes
-    centres = _hypercube_vertices(k, dim, g) * float(params["class_sep"])
-    transforms = torch.rand(k, dim, dim, generator=g) * 2 - 1  # one random linear map per class
+    centres = _hypercube_vertices(k, dim, g).double() * float(params["class_sep"])
+    transforms = (torch.rand(k, dim, dim, generator=g) * 2 - 1).double()  # one random linear map per class
     y = dataset.y_train[indices]
-    z = torch.randn(len(indices), dim, generator=g)
+    z = torch.randn(len(indices), dim, generator=g).double()
     points = torch.bmm(z[:, None, :], transforms[y]).squeeze(1) + centres[y]
     # make_classification's features are laid out HWC (the original reshapes to (n, ph, pw, c))
     noise = points.reshape(-1, ph, pw, c).permute(0, 3, 1, 2)
@@ -40,7 +45,7 @@ def lsp(dataset, indices, g, params, ctx) -> Poison:
     l2 = math.sqrt(c * h * w) * float(params["eps"])
     noise = noise / noise.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None, None] * l2
     x = dataset.x_train.clone()
-    x[indices] = x[indices] + noise
+    x[indices] = x[indices] + noise.float()
     params["l2"] = l2
     return Poison(x, indices, {"patch": patch, "l2": l2})
 
@@ -117,7 +122,7 @@ def ar(dataset, indices, g, params, ctx) -> Poison:
     noise = _ar_generate(filters[y], 1, (h + crop, w + crop), crop, g)[:, 0]  # each sample its class's process
     noise = noise / noise.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None, None] * params["l2"]
     x = dataset.x_train.clone()
-    x[indices] = x[indices] + noise
+    x[indices] = x[indices] + noise.float()
     return Poison(x, indices, {"l2": params["l2"], "coefficients": filters.tolist()})
 
 
