@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -52,6 +53,11 @@ def test_provenance_recorded_and_digests_match_an_independent_hash(em_run):
     env, digests = run.provenance["environment"], run.provenance["digests"]
     assert env["torch"] == torch.__version__ and env["numpy"] == np.__version__
     assert env["torch_threads"] == torch.get_num_threads()
+    # the CPU's model, which changes float rounding beyond what torch's capability says
+    if Path("/proc/cpuinfo").exists():
+        first = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+        model = [v.split(":", 1)[1].strip() for v in first.splitlines() if v.startswith("model name")]
+        assert env["cpu"].startswith(model[0]) if model else env["cpu"]
     clean = load_dataset(DIGITS)
     # the canonical form by hand: header, then float32 / int64 little-endian bytes
     import hashlib

@@ -84,6 +84,27 @@ def device_name(device: torch.device | str) -> str:
     return device.type
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_name() -> str:
+    """The CPU's model: its name, family and model numbers, and whether it has AMX tiles.
+
+    Why beyond `device`: two CPUs that torch both runs at "AVX512" still round differently (oneDNN
+    picks its kernels and blockings by the model), and SAL's ascent at lr 0.1 amplifies that: the
+    bundled em run's first layers, recomputed on another CPU, moved by 4e-4 relative. Linux reads
+    /proc/cpuinfo; elsewhere platform.processor() is what there is."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = {}
+    for line in text.split("\n\n")[0].splitlines():
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    amx = " AMX" if "amx_tile" in fields.get("flags", "").split() else ""
+    return (f"{fields.get('model name', platform.machine())} (family {fields.get('cpu family', '?')} "
+            f"model {fields.get('model', '?')}{amx})")
+
+
 def determinism() -> dict:
     """The settings that decide whether torch may pick nondeterministic kernels."""
     cudnn = torch.backends.cudnn
@@ -108,14 +129,14 @@ def environment(device: torch.device | str = "cpu") -> dict:
     return {
         "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
         "ulviz": __version__, "code_revision": commit, "code_dirty": dirty, "code_digest": code_digest(),
-        "platform": f"{sys.platform} {platform.machine()}", "device": device_name(device),
+        "platform": f"{sys.platform} {platform.machine()}", "device": device_name(device), "cpu": cpu_name(),
         "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
         **determinism(),
     }
 
 
 # fields of `environment` that change results when they differ (the rest is for the record)
-RESULT_FIELDS = ("torch", "numpy", "code_revision", "code_dirty", "code_digest", "device", "torch_threads",
+RESULT_FIELDS = ("torch", "numpy", "code_revision", "code_dirty", "code_digest", "device", "cpu", "torch_threads",
                  "deterministic_algorithms", "cudnn_deterministic", "cudnn_benchmark")
 
 
