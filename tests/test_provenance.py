@@ -48,6 +48,13 @@ def em_run(tmp_path_factory):
     return path
 
 
+def test_info_shows_the_cpu_and_threads_a_run_was_made_on(em_run, capsys):
+    assert main(["info", str(em_run)]) == 0
+    device_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("device"))
+    env = open_run(em_run).provenance["environment"]
+    assert f"cpu {env['cpu']}" in device_line and f"threads {torch.get_num_threads()}" in device_line
+
+
 def test_provenance_recorded_and_digests_match_an_independent_hash(em_run):
     run = open_run(em_run)
     env, digests = run.provenance["environment"], run.provenance["digests"]

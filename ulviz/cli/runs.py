@@ -185,7 +185,8 @@ def _provenance_lines(run) -> list[str]:
     return [
         f"made with  python {env.get('python')}  torch {env.get('torch')}  numpy {env.get('numpy')}  "
         f"ulviz {env.get('ulviz')}  code {code}",
-        f"device     {env.get('device')}  threads {env.get('torch_threads')}  deterministic algorithms "
+        f"device     {env.get('device')}" + (f"  cpu {env['cpu']}" if env.get("cpu") else "")
+        + f"  threads {env.get('torch_threads')}  deterministic algorithms "
         f"{env.get('deterministic_algorithms')}  cudnn deterministic {env.get('cudnn_deterministic')} "
         f"benchmark {env.get('cudnn_benchmark')}",
         f"inputs     clean sha256 {str(digests.get('clean_train'))[:16]}  protected (as trained) sha256 "
