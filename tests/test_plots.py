@@ -150,6 +150,9 @@ def test_a_run_keeps_its_colour_when_runs_are_added_and_colours_stay_distinct():
         assert len(set(now.values())) == n  # all distinct, also past the palette
         first = now
     assert first["clean"] == plots.RUN_PALETTE[0]
+    # the first nine runs wear the nine distinct base colours, the extras come only after them
+    assert {first[k] for k, _, _ in runs[:len(plots.PALETTE)]} == set(plots.PALETTE)
+    assert {first[k] for k, _, _ in runs[len(plots.PALETTE):20]} == set(plots.RUN_PALETTE[len(plots.PALETTE):])
     # a renamed run (the name changes, the file and its creation stamp do not) keeps its colour
     renamed = plots.run_colours([(("em-renamed" if k == "m4" else k), i, c) for k, i, c in runs])
     assert renamed["em-renamed"] == first["m4"]

@@ -28,8 +28,8 @@ ACC_AXIS = "accuracy (fraction correct)"
 SAL_SCALE = _scale("Magma")  # dark = SAL near 0 (nothing left to learn), bright = high SAL (learnable)
 
 
-# Colours of runs: PALETTE's nine, then eleven more from plotly's Dark24 and Light24 that stay
-# apart from them on a white page; past twenty, hues spaced by the golden angle.
+# Colours of runs: PALETTE's nine, then eleven more from plotly's Dark24 and Light24, worn only
+# once the nine are taken (they are kin of the nine); past twenty, hues spaced by the golden angle.
 # (no second blue: "#3182bd" sat beside the clean run's "#1f77b4" and read as the same run)
 RUN_PALETTE = PALETTE + ["#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#e7ba52", "#e6550d",
                          "#31a354", "#756bb1", "#636363"]
@@ -39,10 +39,12 @@ def run_colours(runs: Iterable) -> dict[str, str]:
     """label -> colour for runs given as labels or as (label, identity, is_clean) in order of age.
 
     A run's colour derives from its identity (the dashboard passes the file's creation stamp and
-    path): it takes the RUN_PALETTE colour its identity hashes to (clean runs prefer the first,
-    blue), or the next one no older run holds. So adding or renaming a run never recolours the
-    others, and the runs of one study keep distinct colours (up to twenty from the palette, then
-    golden-angle hues)."""
+    path): it takes the PALETTE colour its identity hashes to (clean runs prefer the first, blue),
+    or the next one no older run holds; only when PALETTE's nine are all taken, the next free of
+    RUN_PALETTE's eleven extras. So adding or renaming a run never recolours the others, and the
+    runs of one study keep distinct colours (up to twenty from the palette, then golden-angle
+    hues). Why the nine first: the extras are darker or lighter kin of them (a second brown, a
+    second purple), and hashing into all twenty drew the demo's em, ops and tap in three browns."""
     import hashlib
     import colorsys
 
@@ -51,9 +53,9 @@ def run_colours(runs: Iterable) -> dict[str, str]:
         label, identity, clean = (item, item, False) if isinstance(item, str) else item
         if label in out:
             continue
-        start = 0 if clean else int(hashlib.sha256(str(identity).encode()).hexdigest(), 16) % len(RUN_PALETTE)
-        free = [RUN_PALETTE[(start + k) % len(RUN_PALETTE)] for k in range(len(RUN_PALETTE))]
-        colour = next((c for c in free if c not in taken), None)
+        start = 0 if clean else int(hashlib.sha256(str(identity).encode()).hexdigest(), 16) % len(PALETTE)
+        order = [PALETTE[(start + k) % len(PALETTE)] for k in range(len(PALETTE))] + RUN_PALETTE[len(PALETTE):]
+        colour = next((c for c in order if c not in taken), None)
         if colour is None:  # past the palette: hues spaced by the golden angle, darkish for white pages
             r, g, b = colorsys.hls_to_rgb((len(taken) * 0.618034) % 1.0, 0.42, 0.65)
             colour = f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}"
