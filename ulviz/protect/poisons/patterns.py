@@ -122,7 +122,7 @@ def ar(dataset, indices, g, params, ctx) -> Poison:
     noise = _ar_generate(filters[y], 1, (h + crop, w + crop), crop, g)[:, 0]  # each sample its class's process
     noise = noise / noise.flatten(1).norm(dim=1).clamp_min(1e-12)[:, None, None, None] * params["l2"]
     x = dataset.x_train.clone()
-    x[indices] = x[indices] + noise.float()
+    x[indices] = x[indices] + noise
     return Poison(x, indices, {"l2": params["l2"], "coefficients": filters.tolist()})
 
 
