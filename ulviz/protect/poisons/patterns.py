@@ -34,7 +34,7 @@ def lsp(dataset, indices, g, params, ctx) -> Poison:
     ph, pw = math.ceil(h / patch), math.ceil(w / patch)
     dim = c * ph * pw
     k = dataset.num_classes
-    centres = _hypercube_vertices(k, dim, g).double() * float(params["class_sep"])
+    centres = _hypercube_vertices(k, dim, g) * float(params["class_sep"])
     transforms = (torch.rand(k, dim, dim, generator=g) * 2 - 1).double()  # one random linear map per class
     y = dataset.y_train[indices]
     z = torch.randn(len(indices), dim, generator=g).double()
@@ -51,7 +51,8 @@ def lsp(dataset, indices, g, params, ctx) -> Poison:
 
 
 def _hypercube_vertices(k: int, dim: int, g: torch.Generator) -> torch.Tensor:
-    """`k` distinct random vertices of {-1, 1}^dim (make_classification's cluster centres)."""
+    """`k` distinct random vertices of {-1, 1}^dim (make_classification's cluster centres), in
+    float64 like the rest of lsp's noise."""
     seen: set[tuple] = set()
     out = []
     while len(out) < k:
@@ -59,7 +60,7 @@ def _hypercube_vertices(k: int, dim: int, g: torch.Generator) -> torch.Tensor:
         if tuple(v.tolist()) not in seen:
             seen.add(tuple(v.tolist()))
             out.append(v)
-    return torch.stack(out).float()
+    return torch.stack(out).double()
 
 
 @register("ops", defaults={"pixels": 1}, budget="l0", budget_param="pixels",
